@@ -23,6 +23,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def main() -> None:
+    """MLOps platform: plan environments, run the local stack, train, serve and monitor models."""
+
+
 # --- infrastructure -------------------------------------------------------------------------
 
 
