@@ -1,0 +1,473 @@
+"""The typed model of one environment, read from the stack's `mlops-platform:*` config.
+
+Every key in `stacks/Pulumi.<stack>.yaml` under the `mlops-platform:` namespace is a
+section of `EnvironmentConfig`. Unknown keys are rejected so a typo fails loudly, and
+every error names the stack file key path, the bad value and what is allowed, before
+a single resource is registered.
+
+Defaults follow the environment kind: prod protects stateful resources and spreads
+across three AZs; ci is cheap and force-destroyable; local runs on any cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+PROJECT = "mlops-platform"
+
+# Kubernetes object names (RFC 1123 labels) and image tags.
+DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
+IMAGE_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+CRON = r"^(@(hourly|daily|weekly|monthly))|((\S+\s+){4}\S+)$"
+
+# Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
+SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig")
+
+
+class ConfigError(ValueError):
+    """A stack file that cannot describe a valid environment."""
+
+
+class Kind(StrEnum):
+    dev = "dev"
+    staging = "staging"
+    prod = "prod"
+    ci = "ci"
+    local = "local"
+
+
+class Cloud(StrEnum):
+    aws = "aws"
+    none = "none"
+
+
+class _Section(BaseModel):
+    """Config sections use camelCase keys in YAML, like every Pulumi provider."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+class Tags(_Section):
+    owner: str = Field(min_length=1)
+    cost_center: str = Field(min_length=1)
+    extra: dict[str, str] = {}
+
+
+class NetworkConfig(_Section):
+    mode: Literal["create", "existing"] = "create"
+    cidr: str = "10.0.0.0/16"
+    az_count: Annotated[int, Field(ge=2, le=6)] | None = None
+    vpc_id: str | None = None
+    private_subnet_ids: list[str] = []
+    public_subnet_ids: list[str] = []
+    flow_logs: bool | None = None
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError("is not an IPv4 CIDR block such as 10.0.0.0/16") from None
+        if not 16 <= net.prefixlen <= 20:
+            raise ValueError("must have a prefix between /16 and /20 to hold the subnets")
+        return value
+
+    @model_validator(mode="after")
+    def _existing_needs_ids(self) -> NetworkConfig:
+        if self.mode == "existing" and (not self.vpc_id or not self.private_subnet_ids):
+            raise ValueError("mode 'existing' needs vpcId and privateSubnetIds")
+        return self
+
+
+class NodePool(_Section):
+    name: str = Field(pattern=DNS_LABEL)
+    instance_types: list[str] = Field(min_length=1)
+    min_size: int = Field(default=0, ge=0)
+    max_size: int = Field(default=4, ge=1, le=200)
+    spot: bool = False
+    gpu: bool = False
+    disk_size_gb: int = Field(default=100, ge=20, le=16384)
+    labels: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _sizes(self) -> NodePool:
+        if self.min_size > self.max_size:
+            raise ValueError(f"minSize {self.min_size} is above maxSize {self.max_size}")
+        return self
+
+
+class SystemPool(_Section):
+    instance_types: list[str] = ["m6i.large"]
+    min_size: int = Field(default=2, ge=1)
+    max_size: int = Field(default=4, ge=1)
+
+
+class ClusterConfig(_Section):
+    """`create` an EKS cluster, attach to an `existing` one, or use a `kubeconfig` context."""
+
+    mode: Literal["create", "existing", "kubeconfig"] = "create"
+    version: str = Field(default="1.31", pattern=r"^1\.[0-9]{2}$")
+    public_access_cidrs: list[str] = []
+    system_pool: SystemPool = SystemPool()
+    training_pools: list[NodePool] = []
+    # existing: the stack that created the cluster (`org/mlops-platform/dev`).
+    stack_reference: str | None = None
+    # kubeconfig: the context to use from the `kubeconfig` secret (or ~/.kube/config).
+    context: str | None = None
+    autoscaler_version: str = "v1.31.0"
+
+    @field_validator("public_access_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.IPv4Network(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 CIDR block") from None
+            if value.endswith("/0"):
+                raise ValueError(f"{value!r} opens the API server to the internet; list your own CIDRs")
+        return values
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> ClusterConfig:
+        if self.mode == "existing" and not self.stack_reference:
+            raise ValueError("mode 'existing' needs stackReference (the stack that owns the cluster)")
+        names = [p.name for p in self.training_pools]
+        if len(names) != len(set(names)):
+            raise ValueError(f"training pool names must be unique, got {names}")
+        return self
+
+
+class StorageConfig(_Section):
+    noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
+    abort_multipart_days: int = Field(default=7, ge=1, le=365)
+    # cloud: none -> in-cluster MinIO
+    minio_volume_size: str = Field(default="20Gi", pattern=QUANTITY)
+    minio_image: str = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+    minio_client_image: str = "quay.io/minio/mc:RELEASE.2025-04-16T18-13-26Z"
+
+
+class DatabaseConfig(_Section):
+    instance_class: str = "db.t4g.medium"
+    allocated_storage_gb: int = Field(default=20, ge=20, le=65536)
+    engine_version: str = "16"
+    backup_retention_days: int | None = Field(default=None, ge=0, le=35)
+    multi_az: bool | None = None
+    # in-cluster Postgres (ci, local, cloud: none)
+    volume_size: str = Field(default="10Gi", pattern=QUANTITY)
+    image: str = "postgres:16.4-alpine"
+
+
+class TrackingConfig(_Section):
+    replicas: int = Field(default=1, ge=1, le=20)
+    workers: int = Field(default=2, ge=1, le=32)
+    admin_username: str = Field(default="admin", min_length=1)
+    host: str | None = None  # external host name; an Ingress with TLS when set
+    tls_secret_name: str | None = None
+    cpu: str = Field(default="500m", pattern=QUANTITY)
+    memory: str = Field(default="1Gi", pattern=QUANTITY)
+    database: DatabaseConfig = DatabaseConfig()
+
+
+class Replicas(_Section):
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _order(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ServingEndpoint(_Section):
+    name: str = Field(pattern=DNS_LABEL)
+    model: str = Field(min_length=1)
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    replicas: Replicas = Replicas()
+    cpu: str = Field(default="500m", pattern=QUANTITY)
+    memory: str = Field(default="1Gi", pattern=QUANTITY)
+    workers: int = Field(default=1, ge=1, le=32)
+    max_batch_rows: int = Field(default=256, ge=1, le=100_000)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    capture: bool = True
+    host: str | None = None
+    # Bumping this rolls the Deployment (the alias is resolved at start-up).
+    model_version: str | None = None
+
+
+class ServingConfig(_Section):
+    endpoints: list[ServingEndpoint] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> ServingConfig:
+        names = [e.name for e in self.endpoints]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique, repeated: {dupes}")
+        return self
+
+
+class TrainingJob(_Section):
+    name: str = Field(pattern=DNS_LABEL)
+    spec: str = Field(min_length=1)  # path of the training spec inside the image
+    pool: str | None = None  # training pool name; None -> any training pool
+    gpus: int = Field(default=0, ge=0, le=8)
+    cpu: str = Field(default="2", pattern=QUANTITY)
+    memory: str = Field(default="4Gi", pattern=QUANTITY)
+    search_shards: int = Field(default=1, ge=1, le=100)
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    active_deadline_seconds: int = Field(default=3 * 3600, ge=60)
+    ttl_seconds_after_finished: int = Field(default=24 * 3600, ge=0)
+
+
+class MonitoringConfig(_Section):
+    schedule: str = Field(default="0 * * * *", pattern=CRON)
+    window_hours: int = Field(default=24, ge=1, le=24 * 90)
+    min_rows: int = Field(default=200, ge=1)
+    drift_share: float = Field(default=0.3, gt=0, le=1)
+    psi_threshold: float = Field(default=0.2, gt=0)
+    metric_drop: float = Field(default=0.05, ge=0, le=1)
+    cooldown_hours: float = Field(default=6, ge=0)
+    alert_webhook: str | None = None
+    alert_sns_topic_arn: str | None = None
+    retrain_job: str | None = None  # the training job to re-run when drift is found
+
+
+class WorkloadsConfig(_Section):
+    image: str = "ghcr.io/mlops-platform/workloads"
+    image_tag: str = Field(default="0.1.0", pattern=IMAGE_TAG)
+    training: list[TrainingJob] = []
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @field_validator("image_tag")
+    @classmethod
+    def _no_latest(cls, value: str) -> str:
+        if value == "latest":
+            raise ValueError("'latest' is not allowed: pin a version so rollouts are reproducible")
+        return value
+
+
+class ProtectionConfig(_Section):
+    """Left unset, these follow the kind: prod protects, ci force-destroys."""
+
+    protect: bool | None = None
+    retain_on_delete: bool | None = None
+    force_destroy: bool | None = None
+    deletion_protection: bool | None = None
+
+
+class EnvironmentConfig(_Section):
+    name: str = Field(pattern=DNS_LABEL)
+    kind: Kind
+    cloud: Cloud = Cloud.aws
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+    tags: Tags
+    network: NetworkConfig = NetworkConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    serving: ServingConfig = ServingConfig()
+    workloads: WorkloadsConfig = WorkloadsConfig()
+    protection: ProtectionConfig = ProtectionConfig()
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> EnvironmentConfig:
+        if self.protection.force_destroy and self.kind != Kind.ci:
+            raise ValueError(
+                f"protection.forceDestroy: true is only allowed for kind ci, not {self.kind.value}"
+            )
+        if self.cloud == Cloud.none and self.cluster.mode != "kubeconfig":
+            raise ValueError("cluster.mode must be 'kubeconfig' when cloud is 'none'")
+        if self.cloud == Cloud.aws and self.cluster.mode == "kubeconfig":
+            raise ValueError("cluster.mode 'kubeconfig' needs cloud 'none'")
+        if self.kind == Kind.prod and self.cluster.public_access_cidrs and self.cluster.mode == "create":
+            # Allowed, but only deliberately: prod never opens the endpoint by default.
+            pass
+        pools = {p.name for p in self.cluster.training_pools}
+        for job in self.workloads.training:
+            if job.pool and self.cluster.mode == "create" and job.pool not in pools:
+                raise ValueError(f"workloads.training job {job.name!r} names unknown pool {job.pool!r}")
+        return self
+
+    # Kind-derived defaults, in one place.
+    @property
+    def protect(self) -> bool:
+        return _pick(self.protection.protect, self.kind == Kind.prod)
+
+    @property
+    def retain_on_delete(self) -> bool:
+        return _pick(self.protection.retain_on_delete, self.kind == Kind.prod)
+
+    @property
+    def force_destroy(self) -> bool:
+        return _pick(self.protection.force_destroy, self.kind == Kind.ci)
+
+    @property
+    def deletion_protection(self) -> bool:
+        return _pick(self.protection.deletion_protection, self.kind == Kind.prod)
+
+    @property
+    def az_count(self) -> int:
+        return _pick(self.network.az_count, 3 if self.kind == Kind.prod else 2)
+
+    @property
+    def flow_logs(self) -> bool:
+        return _pick(self.network.flow_logs, self.kind == Kind.prod)
+
+    @property
+    def multi_az_database(self) -> bool:
+        return _pick(self.tracking.database.multi_az, self.kind == Kind.prod)
+
+    @property
+    def backup_retention_days(self) -> int:
+        return _pick(self.tracking.database.backup_retention_days, 14 if self.kind == Kind.prod else 1)
+
+    @property
+    def in_cluster_database(self) -> bool:
+        """ci and local environments keep Postgres in the cluster: fast to create and destroy."""
+        return self.cloud == Cloud.none or self.kind in (Kind.ci, Kind.local)
+
+    @property
+    def namespace(self) -> str:
+        return f"mlops-{self.name}"
+
+    @property
+    def resource_tags(self) -> dict[str, str]:
+        """Applied to every taggable AWS resource (through the provider's default tags)."""
+        return {
+            **self.tags.extra,
+            "owner": self.tags.owner,
+            "cost-center": self.tags.cost_center,
+            "environment": self.name,
+            "managed-by": "pulumi",
+            "project": PROJECT,
+        }
+
+
+class Secrets:
+    """The environment's secrets: only ever `pulumi.Output`s marked secret."""
+
+    def __init__(self, config: pulumi.Config, env: EnvironmentConfig):
+        self.tracking_admin_password: pulumi.Output[str] = _require_secret(config, "trackingAdminPassword")
+        self.database_password: pulumi.Output[str] | None = config.get_secret("databasePassword")
+        self.kubeconfig: pulumi.Output[str] | None = config.get_secret("kubeconfig")
+
+
+def _all_config() -> dict[str, Any]:
+    """Every config key of this stack: the language host passes them in PULUMI_CONFIG."""
+    return {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+
+
+def _is_secret(full_key: str) -> bool:
+    return pulumi.runtime.is_config_secret(full_key) or full_key in pulumi.runtime.config.get_config_secret_keys_env()
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _require_secret(config: pulumi.Config, key: str) -> pulumi.Output[str]:
+    full = f"{PROJECT}:{key}"
+    if config.get(key) is None:
+        raise ConfigError(
+            f"{full}: missing; set it with `pulumi config set --secret {key} <value>`"
+        )
+    if not _is_secret(full):
+        raise ConfigError(f"{full}: is stored in plain text; set it with `pulumi config set --secret {key}`")
+    if key == "trackingAdminPassword" and len(config.get(key) or "") < 12:
+        raise ConfigError(f"{full}: is shorter than 12 characters; MLflow's auth requires at least 12")
+    return config.require_secret(key)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `serving.endpoints[1].replicas.min: -1 is below 0`."""
+    lines = []
+    for error in exc.errors():
+        path = _format_loc(error["loc"])
+        value = error.get("input")
+        shown = "missing" if error["type"] == "missing" else json.dumps(value, default=str)
+        lines.append(f"{PROJECT}:{path}: {shown} {_explain(error)}".replace(": missing is required", ": is required"))
+    return "\n".join(lines)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(root)"
+
+
+def _explain(error: dict[str, Any]) -> str:
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "greater_than_equal":
+        return f"is below {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be greater than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"is above {ctx['le']}"
+    if kind == "extra_forbidden":
+        return "is not a known key (check the spelling; see the configuration reference in README.md)"
+    if kind == "missing":
+        return "is required"
+    if kind == "enum":
+        return f"is not allowed; expected one of {ctx.get('expected')}"
+    if kind == "literal_error":
+        return f"is not allowed; expected {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return f"does not match the pattern {ctx.get('pattern')}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def parse_environment(raw: dict[str, Any]) -> EnvironmentConfig:
+    """Validate the `mlops-platform:*` keys of a stack (secrets excluded) into the model."""
+    try:
+        return EnvironmentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_environment() -> tuple[EnvironmentConfig, Secrets]:
+    """Read and validate this stack's config. Raises ConfigError before anything is registered."""
+    config = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    prefix = f"{PROJECT}:"
+    for full_key, value in _all_config().items():
+        if not full_key.startswith(prefix):
+            continue
+        key = full_key[len(prefix):]
+        if key in SECRET_KEYS:
+            continue
+        raw[key] = _decode(value)
+    env = parse_environment(raw)
+    return env, Secrets(config, env)
+
+
+def _decode(value: Any) -> Any:
+    """Structured values arrive JSON-encoded; plain strings arrive as they are."""
+    if not isinstance(value, str):
+        return value
+    if value[:1] in ("{", "[") or value in ("true", "false") or re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", value):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

@@ -1,0 +1,275 @@
+"""Object storage: datasets, MLflow artifacts and models, inference capture.
+
+On AWS: three S3 buckets sharing one customer-managed KMS key. Each bucket is
+versioned, SSE-KMS encrypted, fully private (all four public-access blocks and
+BucketOwnerEnforced), TLS-only by policy, and cleans up noncurrent versions and
+abandoned multipart uploads.
+
+With `cloud: none`: an in-cluster MinIO (persistent volume, generated credentials in a
+Secret, a Job that creates the buckets with versioning) so workloads see the same S3 API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components.config import Cloud, EnvironmentConfig
+from components.security import (
+    container_security_context,
+    pod_security_context,
+    resources,
+    scratch_volume,
+)
+
+BUCKET_ROLES = ("data", "artifacts", "capture")
+MINIO_PORT = 9000
+
+
+@dataclass(frozen=True)
+class StorageArgs:
+    env: EnvironmentConfig
+    namespace: pulumi.Input[str] | None = None  # cloud: none only
+
+
+class Storage(pulumi.ComponentResource):
+    data_bucket: pulumi.Output[str]
+    artifact_bucket: pulumi.Output[str]
+    capture_bucket: pulumi.Output[str]
+    bucket_arns: dict[str, pulumi.Output[str]]
+    kms_key_arn: pulumi.Output[str] | None
+    s3_endpoint: pulumi.Output[str] | None
+    credentials_secret: pulumi.Output[str] | None  # cloud: none, name of the MinIO Secret
+
+    def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:storage:Storage", name, None, opts)
+        if args.env.cloud == Cloud.aws:
+            self._aws(name, args.env)
+        else:
+            self._minio(name, args.env, args.namespace)
+        self.register_outputs(
+            {
+                "data_bucket": self.data_bucket,
+                "artifact_bucket": self.artifact_bucket,
+                "capture_bucket": self.capture_bucket,
+                "kms_key_arn": self.kms_key_arn,
+                "s3_endpoint": self.s3_endpoint,
+            }
+        )
+
+    # --- AWS ------------------------------------------------------------------------------
+
+    def _aws(self, name: str, env: EnvironmentConfig) -> None:
+        stateful = pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete)
+
+        key = aws.kms.Key(
+            f"{name}-key",
+            description=f"mlops-platform {env.name}: buckets for data, artifacts and inference capture",
+            enable_key_rotation=True,
+            deletion_window_in_days=30 if env.protect else 7,
+            opts=stateful,
+        )
+        aws.kms.Alias(f"{name}-key-alias", name=f"alias/mlops-{env.name}-storage", target_key_id=key.key_id,
+                      opts=pulumi.ResourceOptions(parent=self))
+
+        buckets = {role: self._aws_bucket(f"{name}-{role}", env, key, stateful) for role in BUCKET_ROLES}
+        self.data_bucket = buckets["data"].bucket
+        self.artifact_bucket = buckets["artifacts"].bucket
+        self.capture_bucket = buckets["capture"].bucket
+        self.bucket_arns = {role: bucket.arn for role, bucket in buckets.items()}
+        self.kms_key_arn = key.arn
+        self.s3_endpoint = None
+        self.credentials_secret = None
+
+    def _aws_bucket(self, name: str, env: EnvironmentConfig, key: aws.kms.Key,
+                    stateful: pulumi.ResourceOptions) -> aws.s3.Bucket:
+        child = pulumi.ResourceOptions(parent=self)
+        bucket = aws.s3.Bucket(name, force_destroy=env.force_destroy, opts=stateful)
+
+        aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption",
+            bucket=bucket.id,
+            rules=[{
+                "apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms", "kms_master_key_id": key.arn},
+                # Bucket keys cut KMS request costs by orders of magnitude for many small objects.
+                "bucket_key_enabled": True,
+            }],
+            opts=child,
+        )
+        public_access = aws.s3.BucketPublicAccessBlock(
+            f"{name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            f"{name}-ownership",
+            bucket=bucket.id,
+            rule={"object_ownership": "BucketOwnerEnforced"},
+            opts=child,
+        )
+        aws.s3.BucketPolicy(
+            f"{name}-policy",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(tls_only_policy),
+            # S3 rejects a policy while the public-access block is being changed.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access]),
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "id": "expire-noncurrent-versions",
+                    "status": "Enabled",
+                    "filter": {},
+                    "noncurrent_version_expiration": {"noncurrent_days": env.storage.noncurrent_version_days},
+                },
+                {
+                    "id": "abort-incomplete-multipart-uploads",
+                    "status": "Enabled",
+                    "filter": {},
+                    "abort_incomplete_multipart_upload": {
+                        "days_after_initiation": env.storage.abort_multipart_days
+                    },
+                },
+            ],
+            opts=child,
+        )
+        return bucket
+
+    # --- cloud: none ----------------------------------------------------------------------
+
+    def _minio(self, name: str, env: EnvironmentConfig, namespace: pulumi.Input[str] | None) -> None:
+        if namespace is None:
+            raise ValueError("Storage with cloud 'none' needs the environment's namespace")
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app.kubernetes.io/name": "minio", "app.kubernetes.io/part-of": "mlops-platform"}
+        bucket_names = {role: f"mlops-{env.name}-{role}" for role in BUCKET_ROLES}
+
+        password = random.RandomPassword(f"{name}-minio-password", length=32, special=False, opts=child)
+        credentials = k8s.core.v1.Secret(
+            f"{name}-minio-credentials",
+            metadata={"name": "minio-credentials", "namespace": namespace, "labels": labels},
+            string_data={
+                "MINIO_ROOT_USER": "mlops-admin",
+                "MINIO_ROOT_PASSWORD": password.result,
+                # The same pair under the names boto3 and mlflow read.
+                "AWS_ACCESS_KEY_ID": "mlops-admin",
+                "AWS_SECRET_ACCESS_KEY": password.result,
+            },
+            opts=child,
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-minio",
+            metadata={"name": "minio", "namespace": namespace, "labels": labels},
+            spec={"selector": labels, "ports": [{"name": "s3", "port": MINIO_PORT, "targetPort": "s3"}]},
+            opts=child,
+        )
+        k8s.apps.v1.StatefulSet(
+            f"{name}-minio",
+            metadata={"name": "minio", "namespace": namespace, "labels": labels},
+            spec={
+                "serviceName": "minio",
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "containers": [{
+                            "name": "minio",
+                            "image": env.storage.minio_image,
+                            "args": ["server", "/data", "--address", f":{MINIO_PORT}"],
+                            "envFrom": [{"secretRef": {"name": credentials.metadata["name"]}}],
+                            "ports": [{"name": "s3", "containerPort": MINIO_PORT}],
+                            "readinessProbe": {"httpGet": {"path": "/minio/health/ready", "port": "s3"}},
+                            "livenessProbe": {"httpGet": {"path": "/minio/health/live", "port": "s3"},
+                                              "initialDelaySeconds": 10},
+                            "resources": resources("250m", "512Mi"),
+                            "securityContext": container_security_context(),
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                                             {"name": "tmp", "mountPath": "/tmp"}],
+                        }],
+                        "volumes": [scratch_volume()],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"],
+                             "resources": {"requests": {"storage": env.storage.minio_volume_size}}},
+                }],
+            },
+            opts=pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete),
+        )
+        endpoint = pulumi.Output.concat("http://", service.metadata["name"], ".", namespace, ".svc:", str(MINIO_PORT))
+        create_buckets = " && ".join(
+            ["mc --config-dir /tmp/mc alias set store \"$S3_ENDPOINT\" \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\""]
+            + [f"mc --config-dir /tmp/mc mb --ignore-existing store/{b} && mc --config-dir /tmp/mc version enable store/{b}"
+               for b in bucket_names.values()]
+        )
+        k8s.batch.v1.Job(
+            f"{name}-create-buckets",
+            metadata={"namespace": namespace, "labels": labels},
+            spec={
+                "backoffLimit": 6,
+                "ttlSecondsAfterFinished": 3600,
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": "minio-create-buckets"}},
+                    "spec": {
+                        "restartPolicy": "OnFailure",
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "containers": [{
+                            "name": "create-buckets",
+                            "image": env.storage.minio_client_image,
+                            "command": ["/bin/sh", "-c", create_buckets],
+                            "env": [{"name": "S3_ENDPOINT", "value": endpoint}],
+                            "envFrom": [{"secretRef": {"name": credentials.metadata["name"]}}],
+                            "resources": resources("100m", "128Mi"),
+                            "securityContext": container_security_context(),
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }],
+                        "volumes": [scratch_volume()],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
+        )
+        self.data_bucket = pulumi.Output.from_input(bucket_names["data"])
+        self.artifact_bucket = pulumi.Output.from_input(bucket_names["artifacts"])
+        self.capture_bucket = pulumi.Output.from_input(bucket_names["capture"])
+        self.bucket_arns = {role: pulumi.Output.from_input(f"arn:aws:s3:::{b}") for role, b in bucket_names.items()}
+        self.kms_key_arn = None
+        self.s3_endpoint = endpoint
+        self.credentials_secret = credentials.metadata["name"]
+
+
+def tls_only_policy(bucket_arn: str) -> str:
+    """Deny every request that does not arrive over TLS."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    })

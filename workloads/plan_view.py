@@ -1,0 +1,54 @@
+"""Print a rendered environment as a resource tree, the way `pulumi preview` nests it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from components.render import RenderedResource, RenderResult
+
+
+def _label(resource: RenderedResource) -> str:
+    flags = []
+    if resource.protect:
+        flags.append("[yellow]protect[/yellow]")
+    if resource.retain_on_delete:
+        flags.append("[yellow]retain[/yellow]")
+    suffix = f" ({', '.join(flags)})" if flags else ""
+    style = "bold" if not resource.custom else ""
+    name = f"[{style}]{resource.name}[/{style}]" if style else resource.name
+    return f"{name} [dim]{resource.type}[/dim]{suffix}"
+
+
+def print_plan(result: RenderResult, console: Console) -> None:
+    tree = Tree(f"[bold]stack {result.stack}[/bold] [dim]({len(result.resources)} resources)[/dim]")
+    known = {r.urn for r in result.resources}
+    children: dict[str | None, list[RenderedResource]] = {}
+    for resource in result.resources:
+        children.setdefault(resource.parent if resource.parent in known else None, []).append(resource)
+
+    def add(node: Tree, parent: str | None) -> None:
+        # Components first, then resources; each group by name, so the tree is stable.
+        for resource in sorted(children.get(parent, []), key=lambda r: (r.custom, r.name)):
+            add(node.add(_label(resource)), resource.urn)
+
+    add(tree, None)
+    console.print(tree)
+
+    counts = Counter(r.type for r in result.resources if r.custom)
+    summary = Table(title="resources by type", show_edge=False)
+    summary.add_column("type")
+    summary.add_column("count", justify="right")
+    for type_, count in sorted(counts.items()):
+        summary.add_row(type_, str(count))
+    console.print(summary)
+
+    outputs = Table(title="stack outputs", show_edge=False)
+    outputs.add_column("output")
+    outputs.add_column("value")
+    for key, value in result.outputs.items():
+        outputs.add_row(key, "[secret]" if key in result.secret_outputs else str(value))
+    console.print(outputs)
