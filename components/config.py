@@ -290,16 +290,13 @@ class EnvironmentConfig(_Section):
                 f"protection.forceDestroy: true is only allowed for kind ci, not {self.kind.value}"
             )
         if self.cloud == Cloud.none and self.cluster.mode != "kubeconfig":
-            raise ValueError("cluster.mode must be 'kubeconfig' when cloud is 'none'")
+            raise ValueError(f"cluster.mode: {self.cluster.mode!r} must be 'kubeconfig' when cloud is 'none'")
         if self.cloud == Cloud.aws and self.cluster.mode == "kubeconfig":
-            raise ValueError("cluster.mode 'kubeconfig' needs cloud 'none'")
-        if self.kind == Kind.prod and self.cluster.public_access_cidrs and self.cluster.mode == "create":
-            # Allowed, but only deliberately: prod never opens the endpoint by default.
-            pass
-        pools = {p.name for p in self.cluster.training_pools}
-        for job in self.workloads.training:
+            raise ValueError("cluster.mode: 'kubeconfig' needs cloud 'none'")
+        pools = [p.name for p in self.cluster.training_pools]
+        for i, job in enumerate(self.workloads.training):
             if job.pool and self.cluster.mode == "create" and job.pool not in pools:
-                raise ValueError(f"workloads.training job {job.name!r} names unknown pool {job.pool!r}")
+                raise ValueError(f"workloads.training[{i}].pool: {job.pool!r} names unknown pool; known: {pools}")
         return self
 
     # Kind-derived defaults, in one place.
@@ -398,8 +395,16 @@ def format_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         path = _format_loc(error["loc"])
         value = error.get("input")
-        shown = "missing" if error["type"] == "missing" else json.dumps(value, default=str)
-        lines.append(f"{PROJECT}:{path}: {shown} {_explain(error)}".replace(": missing is required", ": is required"))
+        if not error["loc"]:
+            # Whole-environment rules name their own keys: "protection.forceDestroy: ...".
+            lines.append(f"{PROJECT}:{_explain(error)}")
+        elif error["type"] == "missing":
+            lines.append(f"{PROJECT}:{path}: is required")
+        elif isinstance(value, dict):
+            # A rule across a section's keys: the message names them, the dict would be noise.
+            lines.append(f"{PROJECT}:{path}: {_explain(error)}")
+        else:
+            lines.append(f"{PROJECT}:{path}: {json.dumps(value, default=str)} {_explain(error)}")
     return "\n".join(lines)
 
 
