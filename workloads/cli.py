@@ -8,7 +8,6 @@ Commands are grouped by concept; each group's options live next to it here.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 from rich.console import Console
