@@ -5,20 +5,57 @@ import pulumi_aws as aws
 
 from components.cluster import Cluster, ClusterArgs
 from components.config import Cloud, load_environment
+from components.database import Database, DatabaseArgs
 from components.namespace import EnvironmentNamespace, NamespaceArgs
+from components.netpol import NetworkPolicies, NetworkPoliciesArgs
+from components.network import Network, NetworkArgs
+from components.podenv import ContractValues
+from components.serving import Serving, ServingArgs
 from components.storage import Storage, StorageArgs
+from components.tracking import TrackingArgs, TrackingServer
 
 env, secrets = load_environment()
+on_aws = env.cloud == Cloud.aws
 
-if env.cloud == Cloud.aws:
+providers: dict[str, pulumi.ProviderResource] = {}
+network = None
+if on_aws:
     # One explicit provider carries the environment's tags onto every taggable resource.
-    aws_provider = aws.Provider("aws", region=env.region, default_tags={"tags": env.resource_tags})
-    storage = Storage("storage", StorageArgs(env), pulumi.ResourceOptions(providers={"aws": aws_provider}))
-else:
-    cluster = Cluster("cluster", ClusterArgs(env, secrets))
-    k8s_opts = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
-    namespace = EnvironmentNamespace("namespace", NamespaceArgs(env), k8s_opts)
-    storage = Storage("storage", StorageArgs(env, namespace=namespace.name), k8s_opts)
+    providers["aws"] = aws.Provider("aws", region=env.region, default_tags={"tags": env.resource_tags})
+    if env.cluster.mode == "create":
+        network = Network("network", NetworkArgs(env), pulumi.ResourceOptions(providers=providers))
+
+cluster = Cluster(
+    "cluster",
+    ClusterArgs(env, secrets, vpc_id=network.vpc_id if network else None,
+                private_subnet_ids=network.private_subnet_ids if network else None),
+    pulumi.ResourceOptions(providers=providers),
+)
+# Every Kubernetes resource goes through the one provider built from the cluster output.
+opts = pulumi.ResourceOptions(providers={**providers, "kubernetes": cluster.provider})
+
+namespace = EnvironmentNamespace("namespace", NamespaceArgs(env), opts)
+storage = Storage("storage", StorageArgs(env, namespace=namespace.name), opts)
+database = Database("database", DatabaseArgs(
+    env, secrets, namespace.name, vpc_id=cluster.vpc_id, private_subnet_ids=cluster.private_subnet_ids,
+    cluster_security_group_id=cluster.security_group_id), opts)
+tracking = TrackingServer("tracking", TrackingArgs(
+    env, secrets, namespace.name,
+    artifact_bucket=storage.artifact_bucket, artifact_bucket_arn=storage.bucket_arns["artifacts"],
+    database_uri=database.uri, kms_key_arn=storage.kms_key_arn, oidc=cluster.oidc,
+    s3_endpoint=storage.s3_endpoint, s3_credentials_secret=storage.credentials_secret), opts)
+# What every workload pod sees as MLOPS_* / MLFLOW_* environment variables (the outputs contract).
+contract = ContractValues(
+    environment=env.name, namespace=env.namespace, tracking_uri=tracking.tracking_uri,
+    data_bucket=storage.data_bucket, artifact_bucket=storage.artifact_bucket,
+    capture_bucket=storage.capture_bucket, cluster_name=cluster.name,
+    tracking_credentials_secret=tracking.credentials_secret, region=env.region if on_aws else None,
+    kms_key_arn=storage.kms_key_arn, s3_endpoint=storage.s3_endpoint,
+    s3_credentials_secret=storage.credentials_secret)
+serving = Serving("serving", ServingArgs(
+    env, namespace.name, contract, artifact_bucket_arn=storage.bucket_arns["artifacts"],
+    capture_bucket_arn=storage.bucket_arns["capture"], oidc=cluster.oidc), opts)
+NetworkPolicies("netpol", NetworkPoliciesArgs(env, namespace.name), opts)
 
 # The stack outputs contract: workloads and CI read these names (README: "Stack outputs").
 pulumi.export("environment", env.name)
@@ -27,3 +64,18 @@ pulumi.export("artifact_bucket", storage.artifact_bucket)
 pulumi.export("capture_bucket", storage.capture_bucket)
 pulumi.export("s3_endpoint", storage.s3_endpoint)
 pulumi.export("kms_key_arn", storage.kms_key_arn)
+pulumi.export("cluster_name", cluster.name)
+pulumi.export("namespace", namespace.name)
+pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig) if cluster.kubeconfig is not None else None)
+pulumi.export("tracking_uri", tracking.tracking_uri)
+pulumi.export("tracking_url", tracking.tracking_url)
+pulumi.export("serving_endpoints", serving.endpoints)
+pulumi.export("database_endpoint", database.endpoint)
+pulumi.export("training_pools", cluster.training_pools)
+if on_aws:
+    # What a ci stack's StackReference (cluster.mode: existing) reads from the stack owning the cluster.
+    pulumi.export("oidc_provider_arn", cluster.oidc.arn if cluster.oidc else None)
+    pulumi.export("oidc_provider_url", cluster.oidc.url if cluster.oidc else None)
+    pulumi.export("vpc_id", cluster.vpc_id)
+    pulumi.export("private_subnet_ids", cluster.private_subnet_ids)
+    pulumi.export("cluster_security_group_id", cluster.security_group_id)

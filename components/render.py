@@ -132,20 +132,20 @@ class RenderMocks(pulumi.runtime.Mocks):
         state.update(_COMPUTED.get(typ, lambda n, s, r: {})(name, state, self.region))
         return f"{name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         token = args.token
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/render", "userId": "render"}, None
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/render", "userId": "render"}, []
         if token == "aws:index/getRegion:getRegion":
-            return {"name": self.region, "region": self.region, "id": self.region}, None
+            return {"name": self.region, "region": self.region, "id": self.region}, []
         if token == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, None
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, []
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{self.region}{z}" for z in "abcdef"]
-            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)]}, None
+            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)]}, []
         if token == "aws:eks/getAddonVersion:getAddonVersion":
-            return {"version": "v1.0.0-eksbuild.1", "addonName": args.args.get("addonName")}, None
-        return dict(args.args), None
+            return {"version": "v1.0.0-eksbuild.1", "addonName": args.args.get("addonName")}, []
+        return dict(args.args), []
 
 
 def _bucket(name: str, state: dict[str, Any], region: str) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Network policies: deny everything in the namespace, then admit only what each service needs.
+
+- default-deny: no ingress, no egress, for every pod.
+- DNS egress to kube-dns for every pod.
+- Egress anywhere except the instance metadata address (169.254.169.254): pods must use
+  IRSA, never the node's credentials.
+- The tracking server admits only pods labelled as tracking clients (workloads, serving)
+  and the ingress controller; Postgres admits only the tracking server; serving admits
+  pods of the namespace and the ingress controller; MinIO (cloud: none) admits the namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import Cloud, EnvironmentConfig
+from components.database import LABELS as POSTGRES_LABELS
+from components.database import PORT as POSTGRES_PORT
+from components.serving import PORT as SERVING_PORT
+from components.tracking import CLIENT_LABEL
+from components.tracking import LABELS as TRACKING_LABELS
+from components.tracking import PORT as TRACKING_PORT
+
+METADATA_ADDRESS = "169.254.169.254/32"
+INGRESS_CONTROLLER_NAMESPACE = "ingress-nginx"
+_INGRESS_CONTROLLER = {"namespaceSelector": {"matchLabels": {
+    "kubernetes.io/metadata.name": INGRESS_CONTROLLER_NAMESPACE}}}
+
+
+@dataclass(frozen=True)
+class NetworkPoliciesArgs:
+    env: EnvironmentConfig
+    namespace: pulumi.Input[str]
+
+
+class NetworkPolicies(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:netpol:NetworkPolicies", name, None, opts)
+        env = args.env
+        policies: dict[str, dict[str, Any]] = {
+            "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            "allow-dns": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{
+                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }],
+            },
+            "allow-egress-except-metadata": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_ADDRESS]}}]}],
+            },
+            "tracking-ingress": {
+                "podSelector": {"matchLabels": TRACKING_LABELS},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}]
+                    + ([_INGRESS_CONTROLLER] if env.tracking.host else []),
+                    "ports": [{"protocol": "TCP", "port": TRACKING_PORT}],
+                }],
+            },
+            "serving-ingress": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "serving"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{"podSelector": {}}]
+                    + ([_INGRESS_CONTROLLER] if any(e.host for e in env.serving.endpoints) else []),
+                    "ports": [{"protocol": "TCP", "port": SERVING_PORT}],
+                }],
+            },
+        }
+        if env.in_cluster_database:
+            policies["postgres-ingress"] = {
+                "podSelector": {"matchLabels": POSTGRES_LABELS},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": TRACKING_LABELS}}],
+                             "ports": [{"protocol": "TCP", "port": POSTGRES_PORT}]}],
+            }
+        if env.cloud == Cloud.none:
+            policies["minio-ingress"] = {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 9000}]}],
+            }
+        for policy_name, spec in policies.items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy_name}",
+                metadata={"name": policy_name, "namespace": args.namespace,
+                          "labels": {"app.kubernetes.io/part-of": "mlops-platform"}},
+                spec=spec,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.register_outputs({})

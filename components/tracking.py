@@ -1,0 +1,260 @@
+"""The MLflow tracking server: authenticated, artifacts proxied to our bucket, on Postgres.
+
+`mlflow server` (>= 3.17) with `--app-name basic-auth` (admin user and password from Pulumi
+secrets, the auth tables in the same Postgres), `--serve-artifacts` to
+`s3://<artifact bucket>/mlflow`, `--allowed-hosts` limited to the Service's and Ingress's
+names, and model-version sources restricted to our own locations. The Flask secret key is
+generated once and shared by all replicas through a Secret. On AWS the pod reaches S3
+through an IRSA role scoped to the artifact bucket and its KMS key.
+
+Config keys: tracking.replicas, workers, adminUsername, host, tlsSecretName, cpu, memory;
+workloads.image and workloads.imageTag (the image, never `latest`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components.config import EnvironmentConfig, Secrets
+from components.irsa import OidcProvider, irsa_role, s3_statements, service_account_annotations
+from components.security import (
+    TELEMETRY_OFF,
+    container_security_context,
+    pod_security_context,
+    resources,
+    scratch_volume,
+)
+
+NAME = "mlflow"
+PORT = 5000
+ARTIFACT_PREFIX = "mlflow"
+AUTH_CONFIG_PATH = "/etc/mlflow/basic_auth.ini"
+LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "tracking",
+          "app.kubernetes.io/part-of": "mlops-platform"}
+# Workload pods that may talk to the tracking server carry this label (NetworkPolicy).
+CLIENT_LABEL = {"mlops-platform/tracking-client": "true"}
+CREDENTIALS_SECRET = "tracking-credentials"
+
+
+@dataclass(frozen=True)
+class TrackingArgs:
+    env: EnvironmentConfig
+    secrets: Secrets
+    namespace: pulumi.Input[str]
+    artifact_bucket: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]
+    database_uri: pulumi.Input[str]  # a Pulumi secret
+    kms_key_arn: pulumi.Input[str] | None = None
+    oidc: OidcProvider | None = None
+    s3_endpoint: pulumi.Input[str] | None = None  # cloud: none
+    s3_credentials_secret: pulumi.Input[str] | None = None  # cloud: none
+
+
+def allowed_hosts(namespace: str, host: str | None) -> list[str]:
+    """Every name the server is reached by: the Service's DNS names (with and without port), the Ingress host."""
+    names = [NAME, f"{NAME}.{namespace}", f"{NAME}.{namespace}.svc", f"{NAME}.{namespace}.svc.cluster.local"]
+    hosts = [h for n in names for h in (n, f"{n}:{PORT}")]
+    # `kubectl port-forward` arrives as localhost.
+    hosts += ["localhost:*", "127.0.0.1:*"]
+    if host:
+        hosts.append(host)
+    return hosts
+
+
+def source_regex(artifact_bucket: str) -> str:
+    """Model versions may only point at our registry, our runs, or our artifact location."""
+    return (r"^(models:/[A-Za-z0-9_-]|runs:/[0-9a-f]|mlflow-artifacts:/"
+            rf"|s3://{re.escape(artifact_bucket)}/{ARTIFACT_PREFIX}/)(?!.*\.\./).*$")
+
+
+def auth_config(admin_username: str, database_uri: str) -> str:
+    # The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD (a Secret), never from this file.
+    return "\n".join([
+        "[mlflow]",
+        "default_permission = READ",
+        f"database_uri = {database_uri}",
+        f"admin_username = {admin_username}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access = false",
+        "",
+    ])
+
+
+class TrackingServer(pulumi.ComponentResource):
+    tracking_uri: pulumi.Output[str]  # in-cluster
+    tracking_url: pulumi.Output[str] | None  # external, with an Ingress
+    credentials_secret: pulumi.Output[str]  # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+
+    def __init__(self, name: str, args: TrackingArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:tracking:TrackingServer", name, None, opts)
+        env = args.env
+        cfg = env.tracking
+        ns = env.namespace
+        child = pulumi.ResourceOptions(parent=self)
+
+        flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
+        server_secret = k8s.core.v1.Secret(
+            f"{name}-server",
+            metadata={"name": "mlflow-server", "namespace": args.namespace, "labels": LABELS},
+            string_data={
+                # One key for every replica: sessions and CSRF tokens survive load balancing.
+                "flask-secret-key": flask_key.result,
+                "admin-password": args.secrets.tracking_admin_password,
+                "backend-store-uri": args.database_uri,
+                "basic_auth.ini": pulumi.Output.from_input(args.database_uri).apply(
+                    lambda uri: auth_config(cfg.admin_username, uri)),
+            },
+            opts=child,
+        )
+        credentials = k8s.core.v1.Secret(
+            f"{name}-credentials",
+            metadata={"name": CREDENTIALS_SECRET, "namespace": args.namespace, "labels": LABELS},
+            string_data={"MLFLOW_TRACKING_USERNAME": cfg.admin_username,
+                         "MLFLOW_TRACKING_PASSWORD": args.secrets.tracking_admin_password},
+            opts=child,
+        )
+        self.credentials_secret = credentials.metadata["name"]
+
+        role = None
+        if args.oidc is not None:
+            policy = pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(
+                lambda v: json.dumps({"Version": "2012-10-17", "Statement": s3_statements(
+                    read=[v[0]], write=[v[0]], kms_key_arn=v[1], prefix=f"{ARTIFACT_PREFIX}/*")}))
+            role = irsa_role(f"{name}-irsa", env, args.oidc, ns, NAME, policy, parent=self)
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS,
+                      "annotations": service_account_annotations(role)},
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        secret_name = server_secret.metadata["name"]
+        env_vars = [
+            *TELEMETRY_OFF,
+            {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "backend-store-uri"}}},
+            {"name": "MLFLOW_FLASK_SERVER_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "flask-secret-key"}}},
+            {"name": "MLFLOW_AUTH_ADMIN_USERNAME", "value": cfg.admin_username},
+            {"name": "MLFLOW_AUTH_ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "admin-password"}}},
+            {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": AUTH_CONFIG_PATH},
+            {"name": "MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX",
+             "value": pulumi.Output.from_input(args.artifact_bucket).apply(source_regex)},
+            {"name": "HOME", "value": "/tmp"},
+        ]
+        env_from = []
+        if args.s3_endpoint is not None:
+            env_vars.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": args.s3_endpoint})
+            env_from.append({"secretRef": {"name": args.s3_credentials_secret}})
+        else:
+            env_vars.append({"name": "AWS_REGION", "value": env.region})
+
+        command = pulumi.Output.from_input(args.artifact_bucket).apply(lambda bucket: [
+            "mlflow", "server",
+            "--host", "0.0.0.0",
+            "--port", str(PORT),
+            "--workers", str(cfg.workers),
+            "--app-name", "basic-auth",
+            "--serve-artifacts",
+            "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
+            "--allowed-hosts", ",".join(allowed_hosts(ns, cfg.host)),
+            "--x-frame-options", "DENY",
+        ])
+        probe = {"httpGet": {"path": "/health", "port": "http"}}
+        image = f"{env.workloads.image}:{env.workloads.image_tag}"
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}",
+            metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
+            spec={
+                "replicas": cfg.replicas,
+                "selector": {"matchLabels": LABELS},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": LABELS},
+                    "spec": {
+                        "serviceAccountName": account.metadata["name"],
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "nodeSelector": _system_nodes(env),
+                        "topologySpreadConstraints": [{
+                            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": LABELS}}],
+                        "containers": [{
+                            "name": NAME,
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": command,
+                            "env": env_vars,
+                            "envFrom": env_from,
+                            "ports": [{"name": "http", "containerPort": PORT}],
+                            "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
+                            "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 20,
+                                              "timeoutSeconds": 5, "failureThreshold": 5},
+                            "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+                            "resources": resources(cfg.cpu, cfg.memory),
+                            "securityContext": container_security_context(),
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "auth-config", "mountPath": "/etc/mlflow", "readOnly": True},
+                            ],
+                        }],
+                        "volumes": [
+                            scratch_volume("tmp", "1Gi"),
+                            {"name": "auth-config", "secret": {
+                                "secretName": secret_name, "defaultMode": 0o440,
+                                "items": [{"key": "basic_auth.ini", "path": "basic_auth.ini"}]}},
+                        ],
+                    },
+                },
+            },
+            opts=child,
+        )
+        if cfg.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
+                spec={"minAvailable": cfg.replicas - 1 if cfg.replicas > 2 else 1,
+                      "selector": {"matchLabels": LABELS}},
+                opts=child,
+            )
+        service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
+            spec={"type": "ClusterIP", "selector": LABELS,
+                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+        )
+        self.tracking_uri = pulumi.Output.concat(
+            "http://", service.metadata["name"], ".", args.namespace, ".svc.cluster.local:", str(PORT))
+        self.tracking_url = None
+        if cfg.host:
+            ingress(self, f"{name}-ingress", NAME, args.namespace, cfg.host, cfg.tls_secret_name, NAME, PORT, LABELS)
+            self.tracking_url = pulumi.Output.from_input(f"https://{cfg.host}")
+        self.register_outputs({"tracking_uri": self.tracking_uri, "tracking_url": self.tracking_url})
+
+
+def _system_nodes(env: EnvironmentConfig) -> dict[str, str]:
+    """On a cluster we create, services stay on the system pool (training pools are tainted anyway)."""
+    return {"mlops-platform/pool": "system"} if env.cluster.mode in ("create", "existing") else {}
+
+
+def ingress(parent: pulumi.Resource, resource_name: str, name: str, namespace: pulumi.Input[str], host: str,
+            tls_secret_name: str | None, service: str, port: int, labels: dict[str, str]) -> k8s.networking.v1.Ingress:
+    """An Ingress for one host, TLS always on (the secret defaults to `<name>-tls`)."""
+    return k8s.networking.v1.Ingress(
+        resource_name,
+        metadata={"name": name, "namespace": namespace, "labels": labels,
+                  "annotations": {"nginx.ingress.kubernetes.io/ssl-redirect": "true"}},
+        spec={
+            "tls": [{"hosts": [host], "secretName": tls_secret_name or f"{name}-tls"}],
+            "rules": [{"host": host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": service, "port": {"number": port}}}}]}}],
+        },
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
