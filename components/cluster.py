@@ -326,10 +326,12 @@ def _ebs_csi_policy() -> str:
         {"Sid": "TagOnCreate", "Effect": "Allow", "Action": "ec2:CreateTags",
          "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*"],
          "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateVolume", "CreateSnapshot"]}}},
-        {"Sid": "ManageVolumes", "Effect": "Allow",
-         "Action": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyVolume", "ec2:DeleteVolume",
-                    "ec2:DeleteSnapshot"],
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*", "arn:aws:ec2:*:*:instance/*"]},
+        {"Sid": "AttachVolumes", "Effect": "Allow",
+         "Action": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyVolume"],
+         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:instance/*"]},
+        {"Sid": "DeleteOwnVolumes", "Effect": "Allow", "Action": ["ec2:DeleteVolume", "ec2:DeleteSnapshot"],
+         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*"],
+         "Condition": {"StringLike": {"aws:ResourceTag/ebs.csi.aws.com/cluster": "true"}}},
     ]})
 
 

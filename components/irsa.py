@@ -43,7 +43,7 @@ def trust_policy(provider_arn: str, provider_url: str, namespace: str, service_a
 
 
 def s3_statements(*, read: list[str] = (), write: list[str] = (), kms_key_arn: str | None = None,
-                  prefix: str = "*") -> list[dict[str, Any]]:
+                  prefix: str = "*", delete: bool = False) -> list[dict[str, Any]]:
     """Least-privilege S3 (+ KMS) statements on specific bucket ARNs."""
     statements: list[dict[str, Any]] = []
     buckets = sorted({*read, *write})
@@ -56,7 +56,8 @@ def s3_statements(*, read: list[str] = (), write: list[str] = (), kms_key_arn: s
                            "Resource": [f"{b}/{prefix}" for b in read]})
     if write:
         statements.append({"Sid": "WriteObjects", "Effect": "Allow",
-                           "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
+                           "Action": ["s3:PutObject", "s3:AbortMultipartUpload"]
+                           + (["s3:DeleteObject"] if delete else []),
                            "Resource": [f"{b}/{prefix}" for b in write]})
     if kms_key_arn:
         actions = ["kms:Decrypt", "kms:DescribeKey"] + (["kms:GenerateDataKey", "kms:Encrypt"] if write else [])

@@ -174,6 +174,11 @@ _COMPUTED = {
         "endpoint": f"{n}.abcdefgh.{r}.rds.amazonaws.com:5432",
         "port": 5432,
     },
+    "aws:ec2/launchTemplate:LaunchTemplate": lambda n, s, r: {"latestVersion": 1},
+    "aws:cloudwatch/logGroup:LogGroup": lambda n, s, r: {
+        "arn": f"arn:aws:logs:{r}:{ACCOUNT_ID}:log-group:{s.get('name') or n}"},
+    "aws:rds/subnetGroup:SubnetGroup": lambda n, s, r: {"name": s.get("name") or n},
+    "aws:rds/parameterGroup:ParameterGroup": lambda n, s, r: {"name": s.get("name") or n},
     "aws:ec2/vpc:Vpc": lambda n, s, r: {"id": f"vpc-{n}"},
     "aws:ec2/securityGroup:SecurityGroup": lambda n, s, r: {"id": f"sg-{n}"},
     "random:index/randomPassword:RandomPassword": lambda n, s, r: {"result": f"render-{n}-Aa1!xxxxxxxx"},

@@ -125,7 +125,7 @@ class TrackingServer(pulumi.ComponentResource):
         if args.oidc is not None:
             policy = pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(
                 lambda v: json.dumps({"Version": "2012-10-17", "Statement": s3_statements(
-                    read=[v[0]], write=[v[0]], kms_key_arn=v[1], prefix=f"{ARTIFACT_PREFIX}/*")}))
+                    read=[v[0]], write=[v[0]], kms_key_arn=v[1], prefix=f"{ARTIFACT_PREFIX}/*", delete=True)}))
             role = irsa_role(f"{name}-irsa", env, args.oidc, ns, NAME, policy, parent=self)
         account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
