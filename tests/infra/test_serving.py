@@ -1,0 +1,124 @@
+"""Serving endpoints: Deployment running `mlops serve`, HPA, PDB, Service, Ingress, IRSA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.render import RenderResult, render_stack
+from components.serving import MODEL_VERSION_ANNOTATION
+from tests.infra.conftest import ADMIN_PASSWORD, ALL_STACKS, AWS_STACKS
+from tests.infra.helpers import env_of, manifest, pod_spec
+
+CONTRACT = ("MLOPS_ENVIRONMENT", "MLOPS_NAMESPACE", "MLOPS_TRACKING_URI", "MLOPS_DATA_BUCKET",
+            "MLOPS_ARTIFACT_BUCKET", "MLOPS_CAPTURE_BUCKET", "MLOPS_CLUSTER_NAME", "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+
+
+def deployment(result: RenderResult) -> dict:
+    return manifest(result, "Deployment", "serve-churn")
+
+
+def container(result: RenderResult) -> dict:
+    return pod_spec(deployment(result))["containers"][0]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_runs_mlops_serve_with_the_endpoint_settings(rendered: dict[str, RenderResult], stack: str) -> None:
+    c = container(rendered[stack])
+    assert c["command"] == ["mlops", "serve"]
+    env = env_of(c)
+    assert env["MLOPS_SERVE_MODEL"] == "churn" and env["MLOPS_SERVE_ALIAS"] == "champion"
+    assert env["MLOPS_SERVE_ENDPOINT"] == "churn" and env["MLOPS_SERVE_CAPTURE"] == "true"
+    for key in ("MLOPS_SERVE_WORKERS", "MLOPS_SERVE_MAX_BATCH_ROWS", "MLOPS_SERVE_MAX_WAIT_MS"):
+        assert env[key]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080}]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_stack_contract_env(rendered: dict[str, RenderResult], stack: str) -> None:
+    result = rendered[stack]
+    env = env_of(container(result))
+    for key in CONTRACT:
+        assert key in env, f"{stack}: {key} missing"
+    assert env["MLOPS_CAPTURE_BUCKET"] == result.outputs["capture_bucket"]
+    assert env["MLFLOW_TRACKING_URI"] == result.outputs["tracking_uri"]
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "tracking-credentials",
+                                                                "key": "MLFLOW_TRACKING_PASSWORD"}}
+    if stack == "local":
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == result.outputs["s3_endpoint"]
+        assert container(result)["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}]
+    else:
+        assert "MLFLOW_S3_ENDPOINT_URL" not in env
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_probes(rendered: dict[str, RenderResult], stack: str) -> None:
+    c = container(rendered[stack])
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_model_version_change_rolls_the_deployment() -> None:
+    from components.render import load_stack_config, stack_file
+
+    config = load_stack_config(stack_file("local"))
+    serving = config["mlops-platform:serving"]
+    before = render_stack("local", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
+    serving["endpoints"][0]["modelVersion"] = "7"
+    after = render_stack("local", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
+    annotation = lambda r: deployment(r)["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION]  # noqa: E731
+    assert annotation(after) == "7" and annotation(before) != annotation(after)
+
+
+@pytest.mark.parametrize(("stack", "lo", "hi"), [("dev", 1, 3), ("staging", 2, 6), ("prod", 3, 12), ("local", 1, 1)])
+def test_hpa_on_cpu(rendered: dict[str, RenderResult], stack: str, lo: int, hi: int) -> None:
+    hpa = manifest(rendered[stack], "HorizontalPodAutoscaler", "serve-churn")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "serve-churn"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (lo, hi)
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_pdb_and_service(rendered: dict[str, RenderResult], stack: str) -> None:
+    result = rendered[stack]
+    selector = deployment(result)["spec"]["selector"]["matchLabels"]
+    assert manifest(result, "PodDisruptionBudget", "serve-churn")["spec"]["selector"]["matchLabels"] == selector
+    service = manifest(result, "Service", "serve-churn")["spec"]
+    assert service["type"] == "ClusterIP" and service["selector"] == selector
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_endpoint_urls_in_outputs(rendered: dict[str, RenderResult], stack: str) -> None:
+    url = rendered[stack].outputs["serving_endpoints"]["churn"]
+    if stack in ("prod", "staging"):
+        assert url.startswith("https://churn.")
+        ingress = manifest(rendered[stack], "Ingress", "serve-churn")
+        assert ingress["spec"]["tls"][0]["hosts"] == [url.removeprefix("https://")]
+    else:
+        assert url == f"http://serve-churn.mlops-{stack}.svc.cluster.local:80"
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "ci"])
+def test_runs_on_the_system_pool(rendered: dict[str, RenderResult], stack: str) -> None:
+    spec = pod_spec(deployment(rendered[stack]))
+    assert spec["nodeSelector"] == {"mlops-platform/pool": "system"}
+    assert not spec.get("tolerations")
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_serving_role_reads_artifacts_and_writes_capture_only(rendered: dict[str, RenderResult], stack: str) -> None:
+    result = rendered[stack]
+    policy = json.loads(result.one("aws:iam/rolePolicy:RolePolicy", "serving-irsa").inputs["policy"])
+    artifacts = f"arn:aws:s3:::{result.outputs['artifact_bucket']}"
+    capture = f"arn:aws:s3:::{result.outputs['capture_bucket']}"
+    for statement in policy["Statement"]:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        writes = [a for a in statement["Action"] if a.startswith("s3:Put") or a.startswith("s3:Delete")]
+        if writes:
+            assert resources == [f"{capture}/captures/*"]
+            assert "s3:DeleteObject" not in writes
+        for resource in resources:
+            assert resource.startswith((artifacts, capture)) or resource == result.outputs["kms_key_arn"]
+    assert result.outputs["data_bucket"] not in json.dumps(policy)
