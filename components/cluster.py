@@ -105,7 +105,7 @@ class Cluster(pulumi.ComponentResource):
         if env.cluster.mode == "create":
             self._create(name, args)
         elif env.cluster.mode == "existing":
-            self._existing(name, env)
+            self._existing(name, env, args.secrets.kubeconfig)
         else:
             # No kubeconfig secret: the provider reads ~/.kube/config (or $KUBECONFIG) like kubectl.
             self.kubeconfig = args.secrets.kubeconfig
@@ -118,15 +118,18 @@ class Cluster(pulumi.ComponentResource):
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        if env.cluster.mode == "create":
+            self._autoscaler(name, env, f"mlops-{env.name}")
         self.register_outputs({"name": self.name})
 
     # --- existing -------------------------------------------------------------------------
 
-    def _existing(self, name: str, env: EnvironmentConfig) -> None:
+    def _existing(self, name: str, env: EnvironmentConfig, kubeconfig: pulumi.Output[str] | None) -> None:
         ref = pulumi.StackReference(f"{name}-owner", stack_name=env.cluster.stack_reference,
                                     opts=pulumi.ResourceOptions(parent=self))
         self.name = ref.require_output("cluster_name")
-        self.kubeconfig = pulumi.Output.secret(ref.require_output("kubeconfig"))
+        # A kubeconfig secret (e.g. a CI service account's) wins over the owner stack's admin kubeconfig.
+        self.kubeconfig = kubeconfig or pulumi.Output.secret(ref.require_output("kubeconfig"))
         self.oidc = OidcProvider(arn=ref.require_output("oidc_provider_arn"),
                                  url=ref.require_output("oidc_provider_url"))
         self.vpc_id = ref.require_output("vpc_id")
@@ -228,7 +231,7 @@ class Cluster(pulumi.ComponentResource):
             [{"name": p.name, "gpu": p.gpu, "spot": p.spot, "labels": training_labels(p),
               "taint": {"key": TRAINING_TAINT_KEY, "value": p.name, "effect": "NoSchedule"}}
              for p in env.cluster.training_pools])
-        self._autoscaler(name, env, cluster_name, system_group)
+        self._system_group = system_group
 
     def _node_group(self, name: str, cluster: aws.eks.Cluster, node_role: aws.iam.Role,
                     subnet_ids: list[pulumi.Input[str]], cluster_name: str, *, instance_types: list[str],
@@ -262,14 +265,12 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["scalingConfig.desiredSize"]),
         )
 
-    def _autoscaler(self, name: str, env: EnvironmentConfig, cluster_name: str, system_group: aws.eks.NodeGroup) -> None:
+    def _autoscaler(self, name: str, env: EnvironmentConfig, cluster_name: str) -> None:
         """cluster-autoscaler (Helm) in kube-system, with an IRSA role limited to this cluster's groups."""
         caller = aws.get_caller_identity_output()
         policy = caller.account_id.apply(lambda account: json.dumps(autoscaler_policy(env.region, account, cluster_name)))
         role = irsa_role(f"{name}-autoscaler", env, self.oidc, AUTOSCALER_NAMESPACE, AUTOSCALER_SERVICE_ACCOUNT,
                          policy=policy, parent=self)
-        provider = k8s.Provider(f"{name}-k8s-system", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
-                                opts=pulumi.ResourceOptions(parent=self))
         k8s.helm.v3.Release(
             f"{name}-autoscaler",
             name="cluster-autoscaler",
@@ -294,7 +295,7 @@ class Cluster(pulumi.ComponentResource):
                 "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                              "capabilities": {"drop": ["ALL"]}},
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[system_group]),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self._system_group]),
         )
 
 
