@@ -4,7 +4,7 @@ RDS: encrypted with its own rotating KMS key, in private subnets (a DB subnet gr
 security group that admits only the cluster's security group on 5432, automated backups,
 and in prod multi-AZ, deletion protection and a final snapshot. In-cluster (ci, local,
 cloud: none): one Postgres pod with a persistent volume and its password in a Secret.
-Either way the DSN the tracking server uses is in a Secret named `tracking-database`.
+Either way `Database.uri` is the DSN (a Pulumi secret) the tracking server keeps in its Secret.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class DatabaseArgs:
 
 class Database(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]  # host:port
-    dsn_secret_name: pulumi.Output[str]  # Secret with key `uri` (postgresql://...)
     uri: pulumi.Output[str]  # the same DSN, a Pulumi secret (the tracking server's auth config needs it)
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
@@ -58,14 +57,6 @@ class Database(pulumi.ComponentResource):
             "postgresql://", USERNAME, ":", password, "@", host, ":", str(PORT), "/", DATABASE,
             "" if env.in_cluster_database else "?sslmode=require"))
         self.uri = uri
-        secret = k8s.core.v1.Secret(
-            f"{name}-dsn",
-            metadata={"name": "tracking-database", "namespace": args.namespace,
-                      "labels": {"app.kubernetes.io/part-of": "mlops-platform"}},
-            string_data={"uri": uri},
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.dsn_secret_name = secret.metadata["name"]
         self.register_outputs({"endpoint": self.endpoint})
 
     def _rds(self, name: str, args: DatabaseArgs, password: pulumi.Output[str]) -> pulumi.Output[str]:
