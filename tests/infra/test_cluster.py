@@ -222,3 +222,10 @@ def test_prod_plan_shows_the_full_tree() -> None:
     assert tree.exit_code == 0
     for name in ("cluster-eks", "database-postgres", "tracking", "serving-churn"):
         assert name in tree.output
+
+
+def test_local_stack_uses_no_aws_at_all(rendered: dict[str, RenderResult]) -> None:
+    result = rendered["local"]
+    assert not [r.type for r in result.resources if r.type.startswith(("aws:", "pulumi:providers:aws"))]
+    provider = result.one("pulumi:providers:kubernetes")
+    assert provider.inputs["context"] == "kind-kind"
