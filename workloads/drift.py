@@ -1,0 +1,374 @@
+"""Drift math: a reference profile built once, compared against a window of current data.
+
+The reference (the champion's training data) is fixed, so everything that depends only on it
+is computed once and stored (`ReferenceProfile.save`/`load`, an `.npz` next to the dataset):
+per numeric feature the sorted non-null values and the PSI bin edges, per categorical feature
+the category counts, and null rates. `compare(profile, current)` then costs, per numeric
+column, one sort of the current values plus work proportional to a few thousand grid points:
+
+- KS: the exact two-sample statistic of `scipy.stats.ks_2samp` (same float arithmetic,
+  `A/n1 - B/n2`), found without evaluating the ECDFs at all 2n points. The real line is cut
+  at a grid of reference order statistics; on each cell the ECDF difference is bounded by its
+  values at the cell's ends, and only the cells whose bound reaches the best value seen at
+  the grid points are evaluated exactly. The p-value follows scipy's `method="auto"`: exact
+  distribution up to 10,000 rows per sample, else Smirnov's asymptotic `kstwo.sf(D, round(en))`.
+- Chi-square: `scipy.stats.chi2_contingency` on the 2 x K table of reference vs current counts
+  (K = reference categories plus unseen ones), so statistic and p-value are scipy's.
+- PSI: bins fixed on the reference (deciles, right-closed, open-ended), proportions floored at
+  `PSI_EPSILON` so empty bins give a large but finite value.
+
+Columns are spread over threads: numpy's sort and searchsorted release the GIL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+from scipy import stats
+
+PSI_BINS = 10
+PSI_EPSILON = 1e-4  # floor for empty-bin proportions (a common convention; keeps PSI finite)
+KS_EXACT_MAX_N = 10_000  # scipy's ks_2samp(method="auto") switches to the asymptotic p-value above this
+GRID_CELLS = 4096  # reference order statistics used to bound the ECDF difference
+PREDICTION = "_prediction"
+
+
+class DriftThresholds(BaseModel):
+    """When one feature counts as drifted.
+
+    A statistical test alone flags negligible shifts on large windows, so a feature drifts when
+    the test is significant AND the effect is material (KS distance, or Cramér's V for
+    categories), or when its PSI or its null rate moved past a threshold on their own.
+    """
+
+    alpha: float = 0.01
+    min_effect: float = 0.1
+    psi_threshold: float = 0.2
+    null_rate_change: float = 0.1
+
+
+# --- the reference profile ------------------------------------------------------------------
+
+
+@dataclass
+class NumericProfile:
+    sorted_values: np.ndarray  # non-null reference values, ascending (float64)
+    edges: np.ndarray  # inner PSI bin edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
+    null_rate: float
+
+    @classmethod
+    def build(cls, values: np.ndarray, n_total: int, bins: int = PSI_BINS) -> NumericProfile:
+        sorted_values = np.sort(values[~np.isnan(values)])
+        n = len(sorted_values)
+        if n == 0:
+            edges = np.empty(0)
+        else:
+            # the value at each decile's rank; duplicates collapse (e.g. integer-valued features)
+            ranks = np.ceil(np.arange(1, bins) / bins * n).astype(np.int64) - 1
+            edges = np.unique(sorted_values[ranks])
+        null_rate = 1.0 - n / n_total if n_total else 0.0
+        return cls(sorted_values, edges, null_rate)
+
+    def bin_proportions(self) -> np.ndarray:
+        return _bin_counts(self.sorted_values, self.edges) / max(len(self.sorted_values), 1)
+
+
+@dataclass
+class CategoricalProfile:
+    categories: np.ndarray  # str
+    counts: np.ndarray  # int64, same order
+    null_rate: float
+
+    @classmethod
+    def build(cls, series: pd.Series) -> CategoricalProfile:
+        counts = _category_counts(series)
+        null_rate = float(series.isna().mean()) if len(series) else 0.0
+        return cls(counts.index.to_numpy(dtype=str), counts.to_numpy(dtype=np.int64), null_rate)
+
+
+@dataclass
+class ReferenceProfile:
+    """What drift detection needs from the reference data, computed once."""
+
+    n_rows: int
+    numeric: dict[str, NumericProfile] = field(default_factory=dict)
+    categorical: dict[str, CategoricalProfile] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)  # provenance (dataset digest, model version, ...)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @classmethod
+    def build(
+        cls, reference: pd.DataFrame, columns: Iterable[str] | None = None, *,
+        meta: dict[str, str] | None = None, max_workers: int | None = None,
+    ) -> ReferenceProfile:
+        """Profile `columns` (default: all) of `reference`; numeric dtypes are numeric, the rest categorical."""
+        columns = list(reference.columns if columns is None else columns)
+        numeric_cols = [c for c in columns if _is_numeric(reference[c])]
+        categorical_cols = [c for c in columns if c not in numeric_cols]
+        n = len(reference)
+        with ThreadPoolExecutor(max_workers or os.cpu_count()) as pool:
+            num = pool.map(lambda c: NumericProfile.build(_floats(reference[c]), n), numeric_cols)
+            cat = pool.map(lambda c: CategoricalProfile.build(reference[c]), categorical_cols)
+            return cls(n, dict(zip(numeric_cols, num, strict=True)),
+                       dict(zip(categorical_cols, cat, strict=True)), dict(meta or {}))
+
+    # Stored as a plain .npz (no pickle): arrays by position, names and metadata as JSON.
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        header = {"n_rows": self.n_rows, "meta": self.meta, "numeric": [], "categorical": []}
+        for i, (name, p) in enumerate(self.numeric.items()):
+            header["numeric"].append({"name": name, "null_rate": p.null_rate})
+            arrays[f"num{i}_sorted"], arrays[f"num{i}_edges"] = p.sorted_values, p.edges
+        for i, (name, p) in enumerate(self.categorical.items()):
+            header["categorical"].append({"name": name, "null_rate": p.null_rate})
+            arrays[f"cat{i}_categories"], arrays[f"cat{i}_counts"] = p.categories.astype(str), p.counts
+        buffer = io.BytesIO()
+        np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceProfile:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            header = json.loads(str(npz["header"]))
+            numeric = {
+                h["name"]: NumericProfile(npz[f"num{i}_sorted"], npz[f"num{i}_edges"], h["null_rate"])
+                for i, h in enumerate(header["numeric"])
+            }
+            categorical = {
+                h["name"]: CategoricalProfile(npz[f"cat{i}_categories"], npz[f"cat{i}_counts"], h["null_rate"])
+                for i, h in enumerate(header["categorical"])
+            }
+        return cls(header["n_rows"], numeric, categorical, header["meta"])
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+class FeatureDrift(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    test: Literal["ks", "chi2"]
+    n_reference: int
+    n_current: int  # non-null current values
+    statistic: float | None  # KS distance or chi-square statistic; None when a side has no values
+    p_value: float | None
+    effect: float | None  # KS distance, or Cramér's V
+    psi: float | None
+    null_rate_reference: float
+    null_rate_current: float
+    unseen_categories: list[str] = []
+    unseen_share: float = 0.0  # share of current non-null values in categories the reference lacks
+    drifted: bool
+    reasons: list[str] = []
+
+
+class DriftReport(BaseModel):
+    n_reference: int
+    n_current: int
+    features: list[FeatureDrift]
+    n_drifted: int
+    drift_share: float
+    max_psi: float
+    prediction: FeatureDrift | None = None
+
+    def most_drifted(self, k: int = 5) -> list[FeatureDrift]:
+        return sorted(self.features, key=lambda f: (f.drifted, f.psi or 0.0, f.effect or 0.0), reverse=True)[:k]
+
+
+# --- comparing -----------------------------------------------------------------------------
+
+
+def compare(
+    profile: ReferenceProfile, current: pd.DataFrame, *, thresholds: DriftThresholds | None = None,
+    prediction_profile: ReferenceProfile | None = None, max_workers: int | None = None,
+) -> DriftReport:
+    """Per-feature drift of `current` against the reference `profile` (its columns must be present)."""
+    thresholds = thresholds or DriftThresholds()
+    missing = [c for c in profile.columns if c not in current.columns]
+    if missing:
+        raise KeyError(f"current data lacks reference columns: {', '.join(missing)}")
+    n = len(current)
+    jobs = [(name, p, current[name]) for name, p in profile.numeric.items()]
+    jobs += [(name, p, current[name]) for name, p in profile.categorical.items()]
+    if prediction_profile is not None and PREDICTION in current.columns and PREDICTION in prediction_profile.numeric:
+        jobs.append((PREDICTION, prediction_profile.numeric[PREDICTION], current[PREDICTION]))
+
+    def one(job: tuple[str, NumericProfile | CategoricalProfile, pd.Series]) -> FeatureDrift:
+        name, p, series = job
+        if isinstance(p, NumericProfile):
+            return _numeric_drift(name, p, series, n, thresholds)
+        return _categorical_drift(name, p, series, n, thresholds)
+
+    # Largest columns first would not matter here: all columns have the same length.
+    with ThreadPoolExecutor(max_workers or os.cpu_count()) as pool:
+        results = list(pool.map(one, jobs))
+    prediction = results.pop() if len(results) > len(profile.columns) else None
+    n_drifted = sum(f.drifted for f in results)
+    return DriftReport(
+        n_reference=profile.n_rows, n_current=n, features=results, n_drifted=n_drifted,
+        drift_share=n_drifted / len(results) if results else 0.0,
+        max_psi=max((f.psi for f in results if f.psi is not None), default=0.0),
+        prediction=prediction,
+    )
+
+
+def _numeric_drift(name: str, p: NumericProfile, series: pd.Series, n: int, t: DriftThresholds) -> FeatureDrift:
+    values = _floats(series)
+    cur = np.sort(values[~np.isnan(values)])
+    ref = p.sorted_values
+    statistic = p_value = psi_value = None
+    if len(cur) and len(ref):
+        statistic = ks_statistic(ref, cur)
+        p_value = ks_pvalue(statistic, ref, cur)
+        psi_value = psi(_bin_counts(ref, p.edges), _bin_counts(cur, p.edges))
+    null_cur = 1.0 - len(cur) / n if n else 0.0
+    reasons = _reasons(statistic, p_value, statistic, psi_value, p.null_rate, null_cur, t)
+    return FeatureDrift(
+        name=name, kind="numeric", test="ks", n_reference=len(ref), n_current=len(cur),
+        statistic=statistic, p_value=p_value, effect=statistic, psi=psi_value,
+        null_rate_reference=p.null_rate, null_rate_current=null_cur, drifted=bool(reasons), reasons=reasons,
+    )
+
+
+def _categorical_drift(
+    name: str, p: CategoricalProfile, series: pd.Series, n: int, t: DriftThresholds,
+) -> FeatureDrift:
+    counts = _category_counts(series)
+    cur_counts = counts.reindex(p.categories, fill_value=0).to_numpy(dtype=np.int64)
+    unseen = counts[~counts.index.isin(p.categories)]
+    n_cur = int(counts.sum())
+    statistic = p_value = effect = psi_value = None
+    if n_cur and p.counts.sum():
+        table = np.array([
+            np.concatenate([p.counts, np.zeros(len(unseen), np.int64)]),
+            np.concatenate([cur_counts, unseen.to_numpy(dtype=np.int64)]),
+        ])
+        if table.shape[1] > 1:
+            chi2 = stats.chi2_contingency(table)
+            statistic, p_value = float(chi2.statistic), float(chi2.pvalue)
+        else:  # one category on both sides: nothing can differ
+            statistic, p_value = 0.0, 1.0
+        effect = math.sqrt(statistic / table.sum())  # Cramér's V for a 2 x K table
+        # PSI over the reference categories plus one bucket for everything unseen
+        psi_value = psi(np.append(p.counts, 0), np.append(cur_counts, unseen.sum()))
+    null_cur = float(series.isna().mean()) if n else 0.0
+    reasons = _reasons(statistic, p_value, effect, psi_value, p.null_rate, null_cur, t)
+    return FeatureDrift(
+        name=name, kind="categorical", test="chi2", n_reference=int(p.counts.sum()), n_current=n_cur,
+        statistic=statistic, p_value=p_value, effect=effect, psi=psi_value,
+        null_rate_reference=p.null_rate, null_rate_current=null_cur,
+        unseen_categories=[str(c) for c in unseen.index], unseen_share=float(unseen.sum() / n_cur) if n_cur else 0.0,
+        drifted=bool(reasons), reasons=reasons,
+    )
+
+
+def _reasons(
+    statistic: float | None, p_value: float | None, effect: float | None, psi_value: float | None,
+    null_ref: float, null_cur: float, t: DriftThresholds,
+) -> list[str]:
+    reasons = []
+    if p_value is not None and effect is not None and p_value < t.alpha and effect >= t.min_effect:
+        reasons.append(f"test p={p_value:.2g} < {t.alpha} with effect {effect:.3f} >= {t.min_effect}")
+    if psi_value is not None and psi_value >= t.psi_threshold:
+        reasons.append(f"PSI {psi_value:.3f} >= {t.psi_threshold}")
+    if abs(null_cur - null_ref) >= t.null_rate_change:
+        reasons.append(f"null rate {null_ref:.3f} -> {null_cur:.3f}")
+    return reasons
+
+
+# --- the statistics ------------------------------------------------------------------------
+
+
+def psi(reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index, sum((c - r) * ln(c / r)) over bins of proportions."""
+    r = np.maximum(np.asarray(reference_counts, float) / max(np.sum(reference_counts), 1), epsilon)
+    c = np.maximum(np.asarray(current_counts, float) / max(np.sum(current_counts), 1), epsilon)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def ks_statistic(ref: np.ndarray, cur: np.ndarray, cells: int = GRID_CELLS) -> float:
+    """max |F_ref - F_cur| over the pooled sample, exactly as scipy.stats.ks_2samp; both inputs sorted.
+
+    Exact because only cells that cannot hold the maximum are skipped: on the cell [g_j, g_j+1)
+    between two grid values, A (reference count <= x) and B (current count <= x) are monotone,
+    so A/n1 - B/n2 is bounded by the counts at the cell's ends.
+    """
+    n1, n2 = len(ref), len(cur)
+    step = max(1, n1 // cells)
+    grid = ref[::step]
+    # counts at each grid value (<=) and just below it (<)
+    a_le, a_lt = np.searchsorted(ref, grid, "right"), np.searchsorted(ref, grid, "left")
+    b_le, b_lt = np.searchsorted(cur, grid, "right"), np.searchsorted(cur, grid, "left")
+    best = float(np.max(np.abs(a_le / n1 - b_le / n2)))  # exact values at data points (the grid)
+    # below the smallest reference value A = 0: the largest current value there gives B(g0-)/n2
+    best = max(best, b_lt[0] / n2)
+    # cell j spans [grid[j], grid[j+1]) with grid[last+1] = +inf (A -> n1, B -> n2 just below it)
+    a_next = np.append(a_lt[1:], n1)
+    b_next = np.append(b_lt[1:], n2)
+    upper = np.maximum(a_next / n1 - b_le / n2, b_next / n2 - a_le / n1)
+    candidates = np.flatnonzero(upper >= best - 1e-12)
+    if len(candidates) == 0:
+        return best
+    # every data point inside the candidate cells: reference slices and current slices
+    ref_points = _ranges(ref, a_lt[candidates], a_next[candidates])
+    cur_points = _ranges(cur, b_lt[candidates], b_next[candidates])
+    points = np.concatenate([ref_points, cur_points])
+    if len(points):
+        a = np.searchsorted(ref, points, "right")
+        b = np.searchsorted(cur, points, "right")
+        best = max(best, float(np.max(np.abs(a / n1 - b / n2))))
+    return best
+
+
+def ks_pvalue(statistic: float, ref: np.ndarray, cur: np.ndarray) -> float:
+    """Two-sided p-value as scipy's ks_2samp(method='auto') computes it."""
+    n1, n2 = len(ref), len(cur)
+    if max(n1, n2) <= KS_EXACT_MAX_N:
+        # small samples: scipy's exact distribution (cheap at this size, and identical by construction)
+        return float(stats.ks_2samp(ref, cur, method="auto").pvalue)
+    m, n = sorted([float(n1), float(n2)], reverse=True)
+    en = m * n / (m + n)
+    return float(np.clip(stats.kstwo.sf(statistic, np.round(en)), 0, 1))
+
+
+def _ranges(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """values[starts[0]:stops[0]] ++ values[starts[1]:stops[1]] ++ ..., vectorised."""
+    lengths = np.maximum(stops - starts, 0)
+    total = int(lengths.sum())
+    if total == 0:
+        return values[:0]
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return values[offsets + np.arange(total)]
+
+
+def _bin_counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    cuts = np.searchsorted(sorted_values, edges, "right")
+    return np.diff(np.concatenate([[0], cuts, [len(sorted_values)]]))
+
+
+def _category_counts(series: pd.Series) -> pd.Series:
+    counts = series.value_counts(dropna=True, sort=False)  # count first: K labels are cheap to convert
+    counts = counts[counts > 0]  # a Categorical reports its unused categories too
+    counts.index = counts.index.astype(str)
+    return counts.groupby(level=0).sum() if counts.index.has_duplicates else counts.sort_index()
+
+
+def _floats(series: pd.Series) -> np.ndarray:
+    return series.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
