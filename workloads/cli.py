@@ -54,11 +54,127 @@ def plan(
 # --- local stack ----------------------------------------------------------------------------
 # (workloads/local.py)
 
+local_app = typer.Typer(help="The local stack: moto S3 and an MLflow tracking server on 127.0.0.1.",
+                        no_args_is_help=True)
+app.add_typer(local_app, name="local")
+_WORKDIR_OPTION = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR",
+                               help="Where the stack keeps its data, logs and outputs.json [default: .mlops/local].")
+
+
+@local_app.command("up")
+def local_up(
+    workdir: str | None = _WORKDIR_OPTION,
+    backend_store_uri: str | None = typer.Option(
+        None, "--backend-store-uri",
+        help="Tracking store, e.g. postgresql://user@host:5432/db [default: sqlite in the workdir, or the last one used]."),
+    s3_port: int | None = typer.Option(None, "--s3-port", help="Port for the S3 server [default: free port]."),
+    tracking_port: int | None = typer.Option(None, "--tracking-port", help="Port for mlflow [default: free port]."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for both servers to be healthy."),
+) -> None:
+    """Start the local stack (or report that it is already running) and write outputs.json."""
+    from workloads.local import LocalStack, LocalStackError
+
+    with err_console.status("starting the local stack") as status_line:
+        stack = LocalStack.at(workdir, on_status=status_line.update, backend_store_uri=backend_store_uri,
+                              s3_port=s3_port, tracking_port=tracking_port)
+        try:
+            outputs = stack.up(timeout=timeout)
+        except LocalStackError as exc:
+            err_console.print(f"[red]local stack failed:[/red] {exc}")
+            raise typer.Exit(1) from None
+    state = "already running" if stack.was_running else "up"
+    console.print(f"[green]local stack {state}[/green] in {stack.workdir}")
+    console.print(f"  tracking  {outputs.tracking_uri}\n  s3        {outputs.s3_endpoint}\n"
+                  f"  outputs   {stack.outputs_file}")
+
+
+@local_app.command("down")
+def local_down(workdir: str | None = _WORKDIR_OPTION) -> None:
+    """Stop the local stack's processes (only ours); data stays in the workdir."""
+    from workloads.local import LocalStack, LocalStackError
+
+    with err_console.status("stopping the local stack") as status_line:
+        stack = LocalStack.at(workdir, on_status=status_line.update)
+        try:
+            stack.down()
+        except LocalStackError as exc:
+            err_console.print(f"[red]local stack:[/red] {exc}")
+            raise typer.Exit(1) from None
+    console.print(f"local stack down; data kept in {stack.workdir}")
+
+
+@local_app.command("status")
+def local_status(
+    workdir: str | None = _WORKDIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show each component's pid, URL and health. Exit code 0 only when everything is healthy."""
+    from rich.table import Table
+
+    from workloads.local import LocalStack
+
+    state = LocalStack.at(workdir).status()
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+    else:
+        table = Table(title=f"local stack in {state['workdir']}")
+        for column in ("component", "pid", "URL", "healthy"):
+            table.add_column(column)
+        for name, c in state["components"].items():
+            health = "[green]yes[/green]" if c["healthy"] else ("[red]no[/red]" if c["running"] else "stopped")
+            table.add_row(name, str(c["pid"] or "-"), c["url"] or "-", health)
+        console.print(table)
+    if not state["healthy"]:
+        raise typer.Exit(1)
+
+
 # --- training -------------------------------------------------------------------------------
 # (workloads/train.py)
 
 # --- serving --------------------------------------------------------------------------------
 # (workloads/serve.py)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    alias: str = typer.Option("champion", "--alias", help="Registry alias to serve (resolved to a version)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each batches and captures)."),
+    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Rows per predict call; 1 = off."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more."),
+    max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", min=1, help="Larger bodies get 413."),
+    capture: bool = typer.Option(True, "--capture/--no-capture", help="Write inputs and outputs to S3."),
+    endpoint_name: str | None = typer.Option(None, "--endpoint-name", help="Capture prefix [default: model]."),
+    capture_flush_seconds: float = typer.Option(10.0, "--capture-flush-seconds", min=0.01),
+    capture_batch_rows: int = typer.Option(5000, "--capture-batch-rows", min=1, help="Flush at this many rows."),
+    capture_max_buffer_rows: int = typer.Option(100_000, "--capture-max-buffer-rows", min=1,
+                                                help="Rows kept in memory; beyond, records are dropped."),
+    poll_seconds: float = typer.Option(30.0, "--poll-seconds", min=0, help="Check the alias; 0 disables."),
+    bootstrap_poll_seconds: float = typer.Option(5.0, "--bootstrap-poll-seconds", min=0.1,
+                                                 help="Registry polling while the alias does not resolve."),
+    stack: str | None = typer.Option(None, "--stack", help="Pulumi stack to read outputs from."),
+    workdir: str | None = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR",
+                                       help="Local stack workdir [default: .mlops/local]."),
+) -> None:
+    """Serve models:/MODEL@ALIAS with MLflow's scoring protocol, micro-batching and inference capture."""
+    from workloads.serve import ServeConfig, run
+    from workloads.stack import StackError, resolve
+
+    try:
+        outputs = resolve(stack, workdir)
+    except StackError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    outputs.apply_env()
+    run(ServeConfig(
+        model=model, alias=alias, host=host, port=port, workers=workers, max_batch_rows=max_batch_rows,
+        max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, capture=capture, endpoint_name=endpoint_name,
+        capture_flush_seconds=capture_flush_seconds, capture_batch_rows=capture_batch_rows,
+        capture_max_buffer_rows=capture_max_buffer_rows, poll_seconds=poll_seconds,
+        bootstrap_poll_seconds=bootstrap_poll_seconds, outputs=outputs,
+    ))
 
 # --- monitoring -----------------------------------------------------------------------------
 # (workloads/monitor.py)
