@@ -6,6 +6,7 @@ import pulumi_aws as aws
 from components.cluster import Cluster, ClusterArgs
 from components.config import Cloud, load_environment
 from components.database import Database, DatabaseArgs
+from components.jobs import Jobs, JobsArgs
 from components.namespace import EnvironmentNamespace, NamespaceArgs
 from components.netpol import NetworkPolicies, NetworkPoliciesArgs
 from components.network import Network, NetworkArgs
@@ -55,6 +56,10 @@ contract = ContractValues(
 serving = Serving("serving", ServingArgs(
     env, namespace.name, contract, artifact_bucket_arn=storage.bucket_arns["artifacts"],
     capture_bucket_arn=storage.bucket_arns["capture"], oidc=cluster.oidc), opts)
+jobs = Jobs("jobs", JobsArgs(
+    env, namespace.name, contract, data_bucket_arn=storage.bucket_arns["data"],
+    artifact_bucket_arn=storage.bucket_arns["artifacts"], capture_bucket_arn=storage.bucket_arns["capture"],
+    oidc=cluster.oidc), opts)
 NetworkPolicies("netpol", NetworkPoliciesArgs(env, namespace.name), opts)
 
 # The stack outputs contract: workloads and CI read these names (README: "Stack outputs").
@@ -72,6 +77,8 @@ pulumi.export("tracking_url", tracking.tracking_url)
 pulumi.export("serving_endpoints", serving.endpoints)
 pulumi.export("database_endpoint", database.endpoint)
 pulumi.export("training_pools", cluster.training_pools)
+pulumi.export("training_jobs", jobs.training)  # job -> suspended CronJob to `kubectl create job --from`
+pulumi.export("monitoring_cronjobs", jobs.monitoring)  # endpoint -> CronJob
 if on_aws:
     # What a ci stack's StackReference (cluster.mode: existing) reads from the stack owning the cluster.
     pulumi.export("oidc_provider_arn", cluster.oidc.arn if cluster.oidc else None)
