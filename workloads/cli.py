@@ -129,7 +129,77 @@ def local_status(
 
 
 # --- training -------------------------------------------------------------------------------
-# (workloads/train.py)
+# (workloads/train.py, workloads/data.py, workloads/sample.py)
+
+
+@app.command()
+def train(
+    spec_path: str = typer.Argument(..., metavar="SPEC", help="Training spec (YAML), e.g. workloads/specs/churn.yaml."),
+    stack: str = typer.Option(None, "--stack", help="Pulumi stack whose outputs to use (else the local stack)."),
+    workdir: str = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR", help="Local stack workdir [.mlops/local]."),
+    data_path: str = typer.Option(None, "--data", help="Train on this CSV/Parquet (path or s3:// URI) instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
+) -> None:
+    """Train, register and gate a model from a spec: validated, versioned data in; champion or challenger out."""
+    from workloads.data import DataError, DataValidationError, load
+    from workloads.stack import StackError, resolve
+    from workloads.train import SpecError, TrainingSpec, summary_table
+    from workloads.train import train as run_training
+
+    try:
+        spec = TrainingSpec.from_yaml(spec_path)
+        outputs = resolve(stack, workdir)
+        outputs.apply_env()
+        data = load(data_path, outputs) if data_path else None
+        result = run_training(spec, outputs, data=data, progress=not as_json)
+    except (SpecError, StackError, DataError) as exc:
+        err_console.print(f"[red]{type(exc).__name__}[/red] {exc}")
+        raise typer.Exit(2) from None
+    except DataValidationError as exc:
+        err_console.print(f"[red]data validation failed, nothing registered[/red]\n{exc}")
+        raise typer.Exit(3) from None
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        console.print(summary_table(result))
+
+
+data_app = typer.Typer(help="Datasets: generate sample data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("generate")
+def data_generate(
+    out: str = typer.Argument(..., help="Output file: .csv or .parquet."),
+    rows: int = typer.Option(5000, "--rows", min=1, help="Number of rows."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same rows)."),
+    shift: float = typer.Option(0.0, "--shift", help="Covariate shift, in standard deviations."),
+    shift_features: str = typer.Option(
+        None, "--shift-features", help="Comma-separated features to shift [monthly_charges,support_calls,contract]."
+    ),
+    concept_drift: float = typer.Option(0.0, "--concept-drift", min=0.0, max=1.0, help="0-1: change the label rule."),
+    labels: bool = typer.Option(True, "--labels/--no-labels", help="Include the label column."),
+    target: str = typer.Option("churned", "--target", help="churned (classification) or monthly_spend (regression)."),
+) -> None:
+    """Write the sample churn dataset (optionally shifted "production" data) to CSV or Parquet."""
+    from pathlib import Path
+
+    from workloads.sample import generate
+
+    if not out.lower().endswith((".csv", ".parquet")):
+        err_console.print(f"[red]{out}: the output must end in .csv or .parquet[/red]")
+        raise typer.Exit(2)
+    features = [f.strip() for f in shift_features.split(",") if f.strip()] if shift_features else None
+    try:
+        df = generate(rows, seed, shift=shift, shift_features=features, concept_drift=concept_drift,
+                      labels=labels, target=target)  # type: ignore[arg-type]
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False) if out.lower().endswith(".csv") else df.to_parquet(path, index=False)
+    console.print(f"wrote {len(df)} rows, {len(df.columns)} columns to {path}")
 
 # --- serving --------------------------------------------------------------------------------
 # (workloads/serve.py)
