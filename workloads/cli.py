@@ -249,6 +249,75 @@ def serve(
 # --- monitoring -----------------------------------------------------------------------------
 # (workloads/monitor.py)
 
+
+@app.command("monitor")
+def monitor_cmd(
+    endpoint: str = typer.Option(..., "--endpoint", help="Endpoint name (its capture prefix)."),
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    alias: str = typer.Option("champion", "--alias", help="Registry alias the endpoint serves."),
+    window_hours: float = typer.Option(24.0, "--window-hours", min=0.01, help="Window: the last H hours."),
+    window_records: int | None = typer.Option(None, "--window-records", min=1,
+                                              help="Window: the last N records (instead of hours)."),
+    labels: str | None = typer.Option(None, "--labels", help="Ground truth: CSV/Parquet path, s3:// URI or prefix "
+                                      "with request_id, [row,] label."),
+    retrain_spec: str | None = typer.Option(None, "--retrain-spec",
+                                            help="Spec for retraining [default: the champion run's spec.yaml]."),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain on drift or decay."),
+    min_rows: int = typer.Option(200, "--min-rows", min=1, help="Fewer captured rows: insufficient_data."),
+    min_labelled_rows: int = typer.Option(50, "--min-labelled-rows", min=1, help="Fewer: no metric."),
+    drift_share: float = typer.Option(0.3, "--drift-share", min=0.0, max=1.0, help="Drift when this share drifts."),
+    psi_threshold: float = typer.Option(0.2, "--psi-threshold", min=0.0, help="Drift when any feature's PSI reaches it."),
+    metric_drop: float = typer.Option(0.05, "--metric-drop", min=0.0, help="Decay when the metric drops more."),
+    cooldown_hours: float = typer.Option(6.0, "--cooldown-hours", min=0.0, help="Hours between retrainings."),
+    alert_webhook: str | None = typer.Option(None, "--alert-webhook", help="POST alerts (JSON) here."),
+    alert_sns_topic_arn: str | None = typer.Option(None, "--alert-sns-topic-arn", help="Publish alerts to SNS."),
+    output: str | None = typer.Option(None, "--output", help="Also write the JSON summary to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON summary instead of a table."),
+    stack: str | None = typer.Option(None, "--stack", help="Pulumi stack to read outputs from."),
+    workdir: str | None = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR",
+                                       help="Local stack workdir (alerts.jsonl goes here) [default: .mlops/local]."),
+) -> None:
+    """Check an endpoint's captured traffic for drift and decay; alert and retrain above the thresholds.
+
+    Exit codes: 0 ok, drift, performance_decay or insufficient_data (handled); 3 data_integrity_failure;
+    1 the monitor could not finish (storage or registry down; nothing alerted or retrained) or retraining failed;
+    2 bad options or no environment.
+    """
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from workloads.monitor import MonitorConfig, MonitorError, monitor
+    from workloads.stack import StackError, resolve, workdir_from
+
+    try:
+        outputs = resolve(stack, workdir)
+        outputs.apply_env()
+        config = MonitorConfig(
+            window_hours=window_hours, window_records=window_records, min_rows=min_rows,
+            min_labelled_rows=min_labelled_rows, drift_share=drift_share, psi_threshold=psi_threshold,
+            metric_drop=metric_drop, cooldown_hours=cooldown_hours, alert_webhook=alert_webhook,
+            alert_sns_topic_arn=alert_sns_topic_arn, retrain=retrain,
+        )
+        with nullcontext() if as_json else console.status(f"monitoring {endpoint}"):
+            result = monitor(endpoint, model, outputs, alias=alias, config=config, labels=labels,
+                             retrain_spec=Path(retrain_spec) if retrain_spec else None, workdir=workdir_from(workdir))
+    except StackError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except MonitorError as exc:
+        err_console.print(f"[red]monitoring failed, nothing alerted or retrained:[/red] {exc}")
+        raise typer.Exit(1) from None
+    summary = result.model_dump_json(indent=2)
+    if output:
+        Path(output).write_text(summary)
+    if as_json:
+        typer.echo(summary)
+    else:
+        from workloads.monitor import summary_table
+
+        console.print(summary_table(result))
+    raise typer.Exit(result.exit_code)
+
 # --- quickstart -----------------------------------------------------------------------------
 
 # --- short-lived environments ---------------------------------------------------------------
