@@ -1,0 +1,134 @@
+"""GitHub Actions workflows: valid against the official schema, and wired the way the README promises."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+import yaml
+
+from components.render import ROOT
+from workloads.cli import app
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+NAMES = ["ci", "preview", "ephemeral", "deploy", "reap"]
+CHECK_JSONSCHEMA = ROOT / ".venv" / "bin" / "check-jsonschema"
+
+
+def load(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((WORKFLOWS / f"{name}.yml").read_text())
+    # YAML 1.1 reads the key `on` as True.
+    document["on"] = document.pop(True, document.get("on"))
+    return document
+
+
+def steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for job in workflow["jobs"].values() for s in job["steps"]]
+
+
+def uses(workflow: dict[str, Any]) -> list[str]:
+    return [s["uses"] for s in steps(workflow) if "uses" in s]
+
+
+def test_all_workflows_exist() -> None:
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.yml")) == sorted(NAMES)
+
+
+def test_workflows_validate_against_the_github_schema() -> None:
+    files = [str(WORKFLOWS / f"{n}.yml") for n in NAMES]
+    run = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", *files],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_schema_check_catches_a_broken_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: bad\non: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    stepz: []\n")
+    run = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(bad)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_aws_through_oidc_only(name: str) -> None:
+    text = (WORKFLOWS / f"{name}.yml").read_text()
+    workflow = load(name)
+    assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+    aws = [s for s in steps(workflow) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+    if aws:
+        assert workflow["permissions"]["id-token"] == "write"
+        assert all("role-to-assume" in s["with"] for s in aws)
+
+
+@pytest.mark.parametrize("name", ["preview", "deploy"])
+def test_official_pulumi_action_with_the_policy_pack(name: str) -> None:
+    pulumi_steps = [s for s in steps(load(name)) if s.get("uses") == "pulumi/actions@v6"]
+    assert pulumi_steps
+    for step in pulumi_steps:
+        assert step["with"]["policyPacks"] == "policies"
+
+
+def test_preview_runs_for_three_stacks_and_comments() -> None:
+    workflow = load("preview")
+    assert "pull_request" in workflow["on"]
+    (job,) = workflow["jobs"].values()
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    (step,) = [s for s in job["steps"] if s.get("uses") == "pulumi/actions@v6"]
+    assert step["with"]["command"] == "preview" and step["with"]["comment-on-pr"] is True
+    assert workflow["permissions"]["pull-requests"] == "write"
+
+
+def test_ephemeral_creates_smokes_and_always_destroys() -> None:
+    workflow = load("ephemeral")
+    assert "pull_request" in workflow["on"] and workflow["on"]["schedule"]
+    assert "pull_request.number" in workflow["concurrency"]["group"]
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+    (job,) = workflow["jobs"].values()
+    assert "ephemeral-env" in job["if"]
+    runs = [(s.get("run", ""), s.get("if")) for s in job["steps"]]
+    order = [i for i, (run, _) in enumerate(runs) for cmd in ("env create", "env smoke", "env destroy") if cmd in run]
+    assert len(order) == 3 and order == sorted(order)
+    destroy = next(s for s in job["steps"] if "env destroy" in s.get("run", ""))
+    assert destroy["if"] == "always()"
+    assert "--ttl" in next(run for run, _ in runs if "env create" in run)
+
+
+def test_deploy_goes_dev_then_staging_then_prod_behind_environments() -> None:
+    workflow = load("deploy")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert jobs["staging"]["needs"] == "dev" and jobs["prod"]["needs"] == "staging"
+    assert {jobs[n]["environment"] for n in ("dev", "staging", "prod")} == {"dev", "staging", "prod"}
+    assert any("kubectl create job" in s.get("run", "") for s in jobs["dev"]["steps"])  # the smoke test
+    assert [s["with"]["command"] for j in jobs.values() for s in j["steps"] if s.get("uses") == "pulumi/actions@v6"] \
+        == ["up", "up", "up"]
+
+
+def test_reap_is_scheduled() -> None:
+    workflow = load("reap")
+    assert workflow["on"]["schedule"]
+    assert any("mlops env reap --older-than" in s.get("run", "") for s in steps(workflow))
+
+
+def test_ci_lints_type_checks_tests_and_plans_every_stack() -> None:
+    runs = " ".join(s.get("run", "") for s in steps(load("ci")))
+    assert "ruff check" in runs and "mypy" in runs and ".ci/run" in runs
+    assert "mlops plan" in runs and all(stack in runs for stack in ("dev", "staging", "prod", "ci", "local"))
+
+
+def test_every_mlops_command_in_a_workflow_exists() -> None:
+    root = typer.main.get_command(app)
+    seen = 0
+    for name in NAMES:
+        for step in steps(load(name)):
+            for match in re.finditer(r"mlops ([a-z-]+)(?: ([a-z-]+))?", step.get("run", "")):
+                group = root.commands.get(match.group(1))  # type: ignore[attr-defined]
+                assert group is not None, match.group(0)
+                if hasattr(group, "commands") and match.group(2):
+                    assert match.group(2) in group.commands, match.group(0)
+                seen += 1
+    assert seen >= 5
