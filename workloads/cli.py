@@ -216,7 +216,7 @@ def serve(
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a batch waits for more."),
     max_body_bytes: int = typer.Option(16 * 1024 * 1024, "--max-body-bytes", min=1, help="Larger bodies get 413."),
     capture: bool = typer.Option(True, "--capture/--no-capture", help="Write inputs and outputs to S3."),
-    endpoint_name: str | None = typer.Option(None, "--endpoint-name", help="Capture prefix [default: model]."),
+    endpoint_name: str | None = typer.Option(None, "--endpoint-name", help="Capture prefix (default: the model name)."),
     capture_flush_seconds: float = typer.Option(10.0, "--capture-flush-seconds", min=0.01),
     capture_batch_rows: int = typer.Option(5000, "--capture-batch-rows", min=1, help="Flush at this many rows."),
     capture_max_buffer_rows: int = typer.Option(100_000, "--capture-max-buffer-rows", min=1,
