@@ -151,6 +151,32 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _with_driver(uri: str) -> str:
+    """`postgresql://` with the psycopg2 driver we depend on: SQLAlchemy 2.1 defaults to psycopg 3."""
+    for scheme in ("postgresql://", "postgres://"):
+        if uri.startswith(scheme):
+            return "postgresql+psycopg2://" + uri[len(scheme):]
+    return uri
+
+
+def _check_database(uri: str) -> None:
+    """Fail in seconds on a wrong Postgres URI: mlflow itself retries with backoff for minutes."""
+    if not uri.startswith(("postgresql", "postgres:")):
+        return
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    try:
+        psycopg2.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                         connect_timeout=5).close()
+    except psycopg2.Error as exc:
+        raise LocalStackError(
+            f"cannot connect to the backend store {url.render_as_string(hide_password=True)}: "
+            f"{str(exc).strip()}"
+        ) from None
+
+
 def _server_env(s3_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env.update(
@@ -390,6 +416,7 @@ class LocalStack:
         s3_url = self._url("s3", plan.s3_port)
         tracking_url = self._url("tracking", plan.tracking_port)
         env = _server_env(s3_url)
+        _check_database(plan.backend_store_uri)
         self.outputs_file.unlink(missing_ok=True)  # never advertise a stack that isn't up
         try:
             # Both start at once: mlflow takes seconds to import and needs S3 only per request.
@@ -400,7 +427,7 @@ class LocalStack:
             self._spawn("tracking", [
                 sys.executable, "-m", "mlflow", "server",
                 "--host", HOST, "--port", str(plan.tracking_port), "--workers", "1",
-                "--backend-store-uri", plan.backend_store_uri,
+                "--backend-store-uri", _with_driver(plan.backend_store_uri),
                 "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKETS['artifact_bucket']}/mlflow",
             ], plan.tracking_port, env)
             self._wait_healthy("s3", s3_url, deadline)

@@ -1,0 +1,228 @@
+"""The local stack with real servers: health, outputs contract, buckets, restarts, pid safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from workloads.local import BUCKETS, LocalStack, LocalStackError, ProcessRecord, _group_members, _proc_stat
+from workloads.stack import StackOutputs, resolve
+
+pytestmark = pytest.mark.servers
+MLOPS = [sys.executable, "-m", "workloads.cli"]
+
+
+def _alive(pid: int) -> bool:
+    return _proc_stat(pid) is not None
+
+
+def _our_pids(workdir: Path) -> list[int]:
+    """Every live process in the groups the workdir's pid files describe (leaders and children)."""
+    pids = []
+    for pid_file in (workdir / "pids").glob("*.pid"):
+        pids += _group_members(ProcessRecord.model_validate_json(pid_file.read_text()))
+    return pids
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """A stack of its own (not the shared one) that is always stopped afterwards."""
+    stack = LocalStack(tmp_path / "stack")
+    yield stack
+    stack.down(snapshot=False)
+
+
+@pytest.fixture
+def mlflow_uri() -> Iterator[None]:
+    """Lets a test point mlflow elsewhere and puts the session's URI back."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+# --- the shared session stack ---------------------------------------------------------------
+
+
+def test_up_is_healthy_and_writes_the_outputs_contract(local_stack: StackOutputs, local_workdir: Path) -> None:
+    written = json.loads((local_workdir / "outputs.json").read_text())
+    assert StackOutputs.model_validate(written) == local_stack
+    assert written["environment"] == "local" and written["namespace"] is None
+    assert {k: written[k] for k in BUCKETS} == BUCKETS
+    assert written["tracking_uri"] == written["tracking_url"]
+    for url in (written["tracking_uri"], written["s3_endpoint"]):
+        assert url.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{local_stack.tracking_uri}/health", timeout=5).text == "OK"
+    assert resolve(workdir=local_workdir) == local_stack
+    state = LocalStack(local_workdir).status()
+    assert state["healthy"] and all(c["healthy"] for c in state["components"].values())
+
+
+def test_buckets_exist_with_versioning(local_stack: StackOutputs) -> None:
+    s3 = local_stack.s3_client()
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert set(BUCKETS.values()) <= names
+    for bucket in BUCKETS.values():
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+
+
+def test_up_twice_does_not_start_twice(local_stack: StackOutputs, local_workdir: Path) -> None:
+    pids_before = LocalStack(local_workdir).status()["components"]
+    again = LocalStack(local_workdir)
+    assert again.up() == local_stack
+    assert again.was_running
+    assert again.status()["components"] == pids_before
+
+
+def test_up_with_other_options_while_running_is_refused(local_workdir: Path) -> None:
+    with pytest.raises(LocalStackError, match="already running with --backend-store-uri"):
+        LocalStack(local_workdir, backend_store_uri="postgresql://postgres@127.0.0.1:5432/other").up()
+
+
+# --- failures that must not hurt anyone ---------------------------------------------------
+
+
+def test_explicit_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = LocalStack(tmp_path, s3_port=port)
+        with pytest.raises(LocalStackError, match=rf"port {port} on 127.0.0.1 \(--s3-port\) is already in use"):
+            stack.up()
+    assert not stack.status()["running"]
+    assert not (tmp_path / "outputs.json").exists()
+
+
+def test_stale_pid_file_of_a_foreign_process_is_never_killed(tmp_path: Path) -> None:
+    foreign = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stat = _proc_stat(foreign.pid)
+        assert stat is not None
+        # Same pid, another start time: what a pid file looks like after the pid was reused.
+        (tmp_path / "pids").mkdir()
+        record = ProcessRecord(pid=foreign.pid, start_time=stat["start_time"] - 1, cmdline=["moto"], port=1)
+        (tmp_path / "pids" / "s3.pid").write_text(record.model_dump_json())
+        stack = LocalStack(tmp_path)
+        assert not stack.status()["components"]["s3"]["running"]
+        stack.down()
+        stack.down()
+        assert foreign.poll() is None, "the foreign process was signalled"
+        assert not (tmp_path / "pids" / "s3.pid").exists()
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_timeout_reports_the_log_and_leaves_nothing_running(own_stack: LocalStack) -> None:
+    with pytest.raises(LocalStackError, match="not healthy after the timeout; last lines of .*s3.log"):
+        own_stack.up(timeout=0.01)
+    assert _our_pids(own_stack.workdir) == []
+    assert not own_stack.status()["running"]
+    assert not own_stack.outputs_file.exists()
+
+
+def test_server_that_exits_is_reported_with_its_log(own_stack: LocalStack) -> None:
+    own_stack.backend_store_uri = "bogus://nowhere"
+    with pytest.raises(LocalStackError, match=r"(?s)tracking server exited with code \d+.*unsupported URI 'bogus://"):
+        own_stack.up(timeout=120)
+    assert _our_pids(own_stack.workdir) == []
+    assert not own_stack.status()["running"]
+
+
+def test_unreachable_postgres_fails_fast_without_starting_anything(own_stack: LocalStack) -> None:
+    own_stack.backend_store_uri = "postgresql://postgres:secret-pw@127.0.0.1:5432/mlops_no_such_database"
+    with pytest.raises(LocalStackError, match="backend store .*mlops_no_such_database.*does not exist") as err:
+        own_stack.up(timeout=120)
+    assert "secret-pw" not in str(err.value)
+    assert not (own_stack.workdir / "pids").exists() or not list((own_stack.workdir / "pids").iterdir())
+
+
+# --- restarts: own stacks -------------------------------------------------------------------
+
+
+def _register_tiny_model(tracking_uri: str, name: str) -> list[float]:
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(tracking_uri)
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    model = LogisticRegression().fit(X, [0, 0, 1, 1])
+    mlflow.set_experiment("local-stack-test")
+    with mlflow.start_run():
+        # Explicit requirements: inferring them runs a subprocess and costs seconds.
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, input_example=X[:1],
+                                        pip_requirements=["scikit-learn"])
+    MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    return model.predict_proba(X)[:, 1].tolist()
+
+
+def test_down_stops_only_ours_and_up_again_finds_the_registered_model(own_stack: LocalStack, mlflow_uri: None) -> None:
+    import mlflow
+
+    workdir = str(own_stack.workdir)
+    env = {**os.environ, "MLOPS_WORKDIR": workdir}
+    # Through the CLI, as a user would: the servers outlive the `mlops local up` process.
+    up = subprocess.run([*MLOPS, "local", "up"], env=env, capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    outputs = resolve(workdir=workdir)
+    expected = _register_tiny_model(outputs.tracking_uri, "local-restart")
+    outputs.s3_client().put_object(Bucket=outputs.data_bucket, Key="datasets/x/../odd key.txt", Body=b"kept")
+    pids = _our_pids(own_stack.workdir)
+    assert len(pids) >= 2
+
+    down = subprocess.run([*MLOPS, "local", "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert not own_stack.outputs_file.exists()
+    # Safe to repeat, and status agrees.
+    assert subprocess.run([*MLOPS, "local", "down"], env=env, capture_output=True, timeout=60).returncode == 0
+    status = subprocess.run([*MLOPS, "local", "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
+
+    again = own_stack.up()
+    assert not own_stack.was_running
+    mlflow.set_tracking_uri(again.tracking_uri)
+    loaded = mlflow.sklearn.load_model("models:/local-restart@champion")
+    assert loaded.predict_proba([[0.0], [1.0], [2.0], [3.0]])[:, 1].tolist() == expected
+    body = again.s3_client().get_object(Bucket=again.data_bucket, Key="datasets/x/../odd key.txt")["Body"].read()
+    assert body == b"kept"
+
+
+def test_postgres_backend(tmp_path: Path, pg_database: str, mlflow_uri: None) -> None:
+    import psycopg2
+    from mlflow import MlflowClient
+
+    stack = LocalStack(tmp_path, backend_store_uri=pg_database)
+    try:
+        outputs = stack.up()
+        _register_tiny_model(outputs.tracking_uri, "local-postgres")
+        version = MlflowClient().get_model_version_by_alias("local-postgres", "champion")
+        assert version.version == "1"
+        # The registry really lives in the temporary Postgres database, not in a SQLite file.
+        with psycopg2.connect(pg_database) as conn, conn.cursor() as cur:
+            cur.execute("SELECT name FROM registered_models")
+            assert cur.fetchall() == [("local-postgres",)]
+        assert not (tmp_path / "mlflow.db").exists()
+
+        # The tracking server dies behind our back: `up` (no options) restarts the half-up
+        # stack on the same ports and the same Postgres store it recorded.
+        os.killpg(stack.status()["components"]["tracking"]["pid"], signal.SIGKILL)
+        assert not stack.status()["healthy"]
+        again = LocalStack(tmp_path)
+        assert again.up() == outputs and not again.was_running
+        assert MlflowClient().get_model_version_by_alias("local-postgres", "champion").version == "1"
+    finally:
+        stack.down(snapshot=False)
