@@ -8,6 +8,7 @@ Commands are grouped by concept; each group's options live next to it here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -100,6 +101,8 @@ def local_down(workdir: str | None = _WORKDIR_OPTION) -> None:
         except LocalStackError as exc:
             err_console.print(f"[red]local stack:[/red] {exc}")
             raise typer.Exit(1) from None
+    for warning in stack.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"local stack down; data kept in {stack.workdir}")
 
 
@@ -319,6 +322,25 @@ def monitor_cmd(
     raise typer.Exit(result.exit_code)
 
 # --- quickstart -----------------------------------------------------------------------------
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path(".mlops/quickstart"), "--workdir",
+                                 help="The demo's own local stack (wiped and recreated at start)."),
+    down: bool = typer.Option(False, "--down", help="Stop the local stack at the end."),
+    train_rows: int = typer.Option(4000, "--train-rows", min=200, help="Rows of training data."),
+    window_rows: int = typer.Option(600, "--window-rows", min=50, help="Rows of traffic per monitoring window."),
+    seed: int = typer.Option(7, "--seed", help="Seed for every generated table."),
+) -> None:
+    """The whole loop on 127.0.0.1: stack, train, serve, capture, monitor, drift, retrain, reload."""
+    from workloads.quickstart import QuickstartError, Sizes, run
+
+    try:
+        run(workdir, Sizes(train_rows=train_rows, window_rows=window_rows, seed=seed), down=down, console=console)
+    except QuickstartError as exc:
+        err_console.print(f"[red]quickstart failed[/red] {exc}")
+        raise typer.Exit(1) from None
 
 # --- short-lived environments ---------------------------------------------------------------
 # (workloads/envs.py)

@@ -78,8 +78,8 @@ class LocalConfig(BaseModel):
 # --- processes ------------------------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> dict[str, Any] | None:
-    """State, process group, session and start time of a live (non-zombie) process, else None."""
+def _proc_stat(pid: int, *, zombies: bool = False) -> dict[str, Any] | None:
+    """State, process group, session and start time of a live process (or a zombie, if asked)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -87,7 +87,7 @@ def _proc_stat(pid: int) -> dict[str, Any] | None:
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
     state = fields[0]
-    if state in ("Z", "X"):
+    if state in ("Z", "X") and not zombies:
         return None
     return {"state": state, "pgrp": int(fields[2]), "session": int(fields[3]), "start_time": int(fields[19])}
 
@@ -121,10 +121,12 @@ def _group_members(record: ProcessRecord) -> list[int]:
     return members
 
 
-def _reap(pid: int) -> None:
-    """Collect a child of this process that has exited, so it doesn't linger as a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def _reap(record: ProcessRecord) -> None:
+    """Collect our server if it exited as a child of this process, so it doesn't linger as a zombie."""
+    stat = _proc_stat(record.pid, zombies=True)
+    if stat is not None and stat["state"] == "Z" and stat["start_time"] == record.start_time:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(record.pid, os.WNOHANG)
 
 
 def _port_free(port: int) -> bool:
@@ -136,6 +138,10 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _url(port: int) -> str:
+    return f"http://{HOST}:{port}"
 
 
 def _free_port() -> int:
@@ -218,6 +224,7 @@ class LocalStack:
         self.tracking_port = tracking_port
         self.on_status = on_status or (lambda _msg: None)
         self.was_running = False  # set by up(): True when it found the stack already up
+        self.warnings: list[str] = []  # things the user should know that didn't stop the command
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     @classmethod
@@ -263,15 +270,12 @@ class LocalStack:
             return None
         if not _group_members(record):
             # Dead, or the pid was reused by another process: forget it, never signal it.
-            _reap(record.pid)
+            _reap(record)
             path.unlink(missing_ok=True)
             return None
         return record
 
     # health
-    def _url(self, name: str, port: int) -> str:
-        return f"http://{HOST}:{port}"
-
     def _healthy(self, name: str, url: str) -> bool:
         try:
             if name == "tracking":
@@ -302,7 +306,7 @@ class LocalStack:
         components: dict[str, dict[str, Any]] = {}
         for name in COMPONENTS:
             record = self._record(name)
-            url = self._url(name, record.port) if record else None
+            url = _url(record.port) if record else None
             components[name] = {
                 "pid": record.pid if record else None,
                 "url": url,
@@ -323,7 +327,7 @@ class LocalStack:
         with self._locked():
             state = self.status()
             if state["healthy"] and self.outputs_file.exists():
-                self._check_matches_running(state)
+                self._check_matches_running()
                 self.was_running = True
                 self.on_status(f"local stack already running in {self.workdir}")
                 return StackOutputs.model_validate_json(self.outputs_file.read_text())
@@ -333,7 +337,7 @@ class LocalStack:
                 self._stop_all(snapshot=True)
             return self._start(timeout)
 
-    def _check_matches_running(self, state: dict[str, Any]) -> None:
+    def _check_matches_running(self) -> None:
         running = LocalConfig.model_validate_json(self._config_file.read_text()) \
             if self._config_file.exists() else LocalConfig()
         asked = {"--s3-port": (self.s3_port, running.s3_port),
@@ -356,6 +360,8 @@ class LocalStack:
             ("--tracking-port", self.tracking_port, last.tracking_port),
         ):
             if explicit is not None:
+                if explicit in ports.values():
+                    raise LocalStackError(f"--s3-port and --tracking-port must differ (both {explicit})")
                 if not _port_free(explicit):
                     raise LocalStackError(
                         f"port {explicit} on {HOST} ({option}) is already in use by another process; "
@@ -413,8 +419,8 @@ class LocalStack:
         deadline = time.monotonic() + timeout
         plan = self._plan()
         assert plan.s3_port and plan.tracking_port and plan.backend_store_uri
-        s3_url = self._url("s3", plan.s3_port)
-        tracking_url = self._url("tracking", plan.tracking_port)
+        s3_url = _url(plan.s3_port)
+        tracking_url = _url(plan.tracking_port)
         env = _server_env(s3_url)
         _check_database(plan.backend_store_uri)
         self.outputs_file.unlink(missing_ok=True)  # never advertise a stack that isn't up
@@ -464,14 +470,20 @@ class LocalStack:
     # down
     def down(self, *, snapshot: bool = True) -> None:
         """Stop exactly the processes we started; S3 is snapshot first. Safe to repeat."""
+        if not self.workdir.is_dir():
+            return  # nothing was ever started here (and don't create a mistyped workdir)
         with self._locked():
             self._stop_all(snapshot=snapshot)
 
     def _stop_all(self, *, snapshot: bool) -> None:
         s3 = self._record("s3")
-        if snapshot and s3 is not None and self._healthy("s3", self._url("s3", s3.port)):
-            self.on_status("saving S3 objects to the workdir")
-            self._snapshot(self._url("s3", s3.port))
+        if snapshot and s3 is not None:
+            if self._healthy("s3", _url(s3.port)):
+                self.on_status("saving S3 objects to the workdir")
+                self._snapshot(_url(s3.port))
+            else:
+                self.warnings.append(f"S3 server not responding: objects stored since the last `up` are lost "
+                                     f"(see {self._log_file('s3')})")
         # Tracking first: it may still be writing artifacts to S3.
         for name in ("tracking", "s3"):
             record = self._record(name)
@@ -500,11 +512,11 @@ class LocalStack:
                         os.kill(pid, sig)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                _reap(record.pid)
+                _reap(record)
                 if not _group_members(record):
                     break
                 time.sleep(0.1)
-        _reap(record.pid)
+        _reap(record)
         if _group_members(record):
             raise LocalStackError(f"could not stop process group {record.pid} ({' '.join(record.cmdline)})")
 

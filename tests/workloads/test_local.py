@@ -104,6 +104,19 @@ def test_explicit_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs.json").exists()
 
 
+def test_same_explicit_port_twice_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(LocalStackError, match="must differ"):
+        LocalStack(tmp_path, s3_port=port, tracking_port=port).up()
+
+
+def test_down_of_a_workdir_that_never_existed_creates_nothing(tmp_path: Path) -> None:
+    LocalStack(tmp_path / "typo").down()
+    assert not (tmp_path / "typo").exists()
+
+
 def test_stale_pid_file_of_a_foreign_process_is_never_killed(tmp_path: Path) -> None:
     foreign = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
