@@ -432,7 +432,9 @@ def create_app(config: ServeConfig | None = None) -> Any:
     if config is None:
         config = ServeConfig.model_validate_json(os.environ[CONFIG_ENV])
     config.outputs.apply_env()
-    os.environ["MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"  # what mlflow's scoring server sets
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+
+    os.environ[_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name] = "true"  # what mlflow's scoring server sets
 
     holder = ModelHolder(config.model, config.alias)
     capture = None

@@ -1,0 +1,219 @@
+"""Benchmark: serving throughput and latency (issue 7, benchmark 2).
+
+    .venv/bin/python -m benchmarks.serving                    # 30 s per cell, 2 workers
+    .venv/bin/python -m benchmarks.serving --quick            # 2 s per cell, 1-row at concurrency 8 only
+
+One registered model (scaler + one-hot + logistic regression on 20 numeric and 1 categorical
+feature) on a throwaway local stack, served by (a) `mlops serve` with capture, (b) `mlops serve`
+without capture, (c) the stock `mlflow models serve`, each with the same worker count, and
+driven by wrk (Debian package `wrk`) on 127.0.0.1 with 1-row and 100-row requests at
+concurrency 8 and 32. Prints the machine, package versions, the in-process predict ceiling and
+a table of requests/s, p50, p99 and errors; checks the three servers answer byte-identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+import workloads  # noqa: F401 - telemetry off before mlflow is imported
+from benchmarks.machine import describe
+
+NUMERIC = [f"x{i:02d}" for i in range(20)]
+BIN = Path(sys.executable).parent
+
+
+def make_data(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(n, len(NUMERIC))), columns=NUMERIC)
+    frame["plan"] = rng.choice(["basic", "plus", "pro"], size=n).astype(object)
+    return frame
+
+
+def register(name: str) -> tuple[str, object]:
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    X = make_data(2000, 0)
+    y = ((X["x00"] + 0.5 * X["x01"] + (X["plan"] == "pro")) > 0.3).astype(int)
+    pipe = Pipeline([
+        ("prep", ColumnTransformer([("num", StandardScaler(), NUMERIC),
+                                    ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
+        ("clf", LogisticRegression()),
+    ]).fit(X, y)
+    mlflow.set_experiment("benchmark-serving")
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(pipe, name="model", signature=infer_signature(X, y),
+                                        registered_model_name=name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    return str(info.registered_model_version), pipe
+
+
+def ceiling(name: str, pipe, seconds: float) -> list[tuple[str, int, float]]:
+    """Rows/s of in-process predict calls (pyfunc with schema enforcement, and sklearn alone)."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = []
+    for label, fn in (("pyfunc.predict", model.predict), ("sklearn predict", pipe.predict)):
+        for rows in (1, 100):
+            frame = make_data(rows, 1)
+            fn(frame)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                fn(frame)
+                n += 1
+            out.append((label, rows, n * rows / (time.perf_counter() - start)))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(kind: str, name: str, workers: int, workdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    if kind == "stock":
+        cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
+               "local", "-w", str(workers), "-h", "127.0.0.1", "-p", str(port)]
+    else:
+        cmd = [str(BIN / "mlops"), "serve", "--model", name, "--workers", str(workers), "--port", str(port),
+               "--workdir", str(workdir), "--endpoint-name", f"bench-{kind}", "--poll-seconds", "0",
+               "--capture" if kind == "ours+capture" else "--no-capture"]
+    # A new session: stopping the stock server's uvicorn means its whole process group.
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} exited:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop(proc)
+    raise RuntimeError(f"{kind} not ready in 120 s:\n{log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def body_for(rows: int) -> str:
+    return json.dumps({"dataframe_split": make_data(rows, 2).to_dict(orient="split", index=False)})
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def wrk(url: str, body: str, concurrency: int, seconds: float, tmp: Path) -> dict:
+    script = tmp / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
+                          "-s", str(script), f"{url}/invocations"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30, help="seconds per cell")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="2 s per cell, 1-row requests at concurrency 8")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    duration = 2 if args.quick else args.duration
+    cells = [(1, 8)] if args.quick else [(1, 8), (1, 32), (100, 8), (100, 32)]
+    print(describe(["mlflow", "scikit-learn", "uvicorn", "starlette", "pandas", "numpy", "prometheus-client"]))
+    print(f"wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}; "
+          f"{args.workers} worker(s) per server; {duration:g} s per cell")
+
+    from workloads.local import LocalStack
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmpdir:
+        tmp = Path(tmpdir)
+        stack = LocalStack(tmp / "stack")
+        try:
+            outputs = stack.up(timeout=180)
+            outputs.apply_env()
+            name = "bench-serving"
+            _, pipe = register(name)
+            print("\nin-process predict ceiling (rows/s):")
+            for label, rows, rate in ceiling(name, pipe, 0.5 if args.quick else 3):
+                print(f"  {label:16s} {rows:4d}-row calls  {rate:12,.0f}")
+            results, answers = [], {}
+            for kind in ("ours+capture", "ours", "stock"):
+                proc, url = start(kind, name, args.workers, tmp / "stack", tmp / f"{kind}.log")
+                try:
+                    answers[kind] = httpx.post(f"{url}/invocations", content=body_for(100),
+                                               headers={"Content-Type": "application/json"}).text
+                    for rows, conc in cells:
+                        r = wrk(url, body_for(rows), conc, duration, tmp)
+                        results.append({"server": kind, "rows": rows, "concurrency": conc, **r})
+                finally:
+                    stop(proc)
+        finally:
+            stack.down(snapshot=False)
+
+    identical = len(set(answers.values())) == 1
+    print(f"\n{'server':14s} {'rows':>5s} {'conc':>5s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s}")
+    for r in results:
+        print(f"{r['server']:14s} {r['rows']:5d} {r['concurrency']:5d} {r['rps']:10.1f} {r['p50_ms']:9.2f} "
+              f"{r['p99_ms']:9.2f} {r['errors']:7d}")
+    by = {(r["server"], r["rows"], r["concurrency"]): r for r in results}
+    for rows, conc in cells:
+        ours, stock, cap = by[("ours", rows, conc)], by[("stock", rows, conc)], by[("ours+capture", rows, conc)]
+        print(f"{rows}-row at concurrency {conc}: ours {ours['rps'] / stock['rps']:.1f}x stock req/s "
+              f"(with capture {cap['rps'] / stock['rps']:.1f}x; capture costs "
+              f"{100 * (1 - cap['rps'] / ours['rps']):.0f}% of throughput)")
+    print(f"predictions identical across servers (100-row request, response bytes): {identical}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "identical": identical}, indent=2))
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
