@@ -32,7 +32,7 @@ Kind = Literal["integer", "float", "boolean", "string", "datetime"]
 NUMERIC_KINDS = ("integer", "float")
 # Inferred ranges get this much slack (as a fraction of the observed span) on each side, so
 # the next month's data is not rejected for a customer one month older than any seen so far.
-RANGE_SLACK = 0.1
+RANGE_SLACK = 0.25
 # Inferred null-rate limits: twice the observed rate, and never below this.
 MIN_NULL_RATE_LIMIT = 0.05
 # A string column with at most this many distinct values is treated as categorical.

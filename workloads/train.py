@@ -641,7 +641,9 @@ def train(
             mlflow.log_text(importance.to_csv(index=False), "permutation_importance.csv")
             mlflow.log_figure(_importance_figure(importance, metric.name), "permutation_importance.png")
             example = X_train.head(5)
-            with warnings.catch_warnings():  # the signature already declares integer features as doubles
+            # Integer features stay integers in the signature (what clients send); MLflow's hint
+            # about missing values in integer columns is noise in a job log.
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
                 info = _log_model(model, example)
 
@@ -675,20 +677,24 @@ def train(
 def _log_model(model: Any, example: pd.DataFrame) -> Any:
     import mlflow
     from mlflow.models import infer_signature
+    from mlflow.utils.requirements_utils import _get_pinned_requirement
+    from skops.io import dumps as skops_dumps
+    from skops.io import get_untrusted_types
 
     return mlflow.sklearn.log_model(
-        model, name=MODEL_ARTIFACT, signature=infer_signature(_nullable_ints(example), model.predict(example)),
+        model, name=MODEL_ARTIFACT, signature=infer_signature(example, model.predict(example)),
         input_example=example,
-        # skops, not pickle: loading cannot run arbitrary code. The encoder keeps a numpy dtype.
+        # skops, not pickle: loading cannot run arbitrary code. skops still asks which of the
+        # model's types to trust (numpy dtypes, gradient-boosting trees): exactly those of the
+        # model this job just fitted, recorded with it; loaders only take models from our registry.
         serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=["numpy.dtype"],
+        skops_trusted_types=get_untrusted_types(data=skops_dumps(model)),
+        # Known requirements: mlflow's inference imports the model in a subprocess (4 s here).
+        pip_requirements=[
+            *mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+            *(_get_pinned_requirement(p) for p in ("numpy", "pandas", "scipy")),
+        ],
     )
-
-
-def _nullable_ints(X: pd.DataFrame) -> pd.DataFrame:
-    """Integer features as doubles in the signature: serving requests may have missing values."""
-    ints = [c for c in X.columns if datasets.kind_of(X[c]) == "integer"]
-    return X.astype(dict.fromkeys(ints, "float64"))
 
 
 def _log_candidates(client: Any, run_id: str, experiment_id: str, candidates: list[Candidate], metric: Metric) -> None:
