@@ -85,3 +85,22 @@ def test_unlabelled_and_regression_variants() -> None:
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate(**kwargs)
+
+
+def test_cli_writes_shifted_unlabelled_data(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from workloads.cli import app
+
+    out = tmp_path / "prod" / "batch.parquet"
+    args = ["data", "generate", str(out), "--rows", "300", "--seed", "2", "--shift", "1.5",
+            "--shift-features", "monthly_charges", "--no-labels"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out),
+        generate(300, 2, shift=1.5, shift_features=["monthly_charges"], labels=False),
+        check_dtype=False,  # parquet may read strings back as another string dtype
+    )
+    bad = CliRunner().invoke(app, ["data", "generate", str(tmp_path / "x.json")])
+    assert bad.exit_code == 2 and ".csv or .parquet" in bad.output
