@@ -430,12 +430,13 @@ class LocalStack:
             self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(plan.s3_port)],
                         plan.s3_port, env)
             self.on_status(f"starting tracking server (mlflow) on {tracking_url}")
+            # The store URI goes by environment (mlflow's own envvar for --backend-store-uri):
+            # a password in it must not show in `ps`, the pid file or the log.
             self._spawn("tracking", [
                 sys.executable, "-m", "mlflow", "server",
                 "--host", HOST, "--port", str(plan.tracking_port), "--workers", "1",
-                "--backend-store-uri", _with_driver(plan.backend_store_uri),
                 "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKETS['artifact_bucket']}/mlflow",
-            ], plan.tracking_port, env)
+            ], plan.tracking_port, {**env, "MLFLOW_BACKEND_STORE_URI": _with_driver(plan.backend_store_uri)})
             self._wait_healthy("s3", s3_url, deadline)
             self._create_buckets(s3_url)
             self._restore(s3_url)

@@ -229,6 +229,7 @@ def test_postgres_backend(tmp_path: Path, pg_database: str, mlflow_uri: None) ->
             cur.execute("SELECT name FROM registered_models")
             assert cur.fetchall() == [("local-postgres",)]
         assert not (tmp_path / "mlflow.db").exists()
+        assert "127.0.0.1:5432" not in (tmp_path / "pids" / "tracking.pid").read_text()  # URI kept out of argv
 
         # The tracking server dies behind our back: `up` (no options) restarts the half-up
         # stack on the same ports and the same Postgres store it recorded.
