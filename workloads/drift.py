@@ -229,7 +229,9 @@ def compare(
 
 def _numeric_drift(name: str, p: NumericProfile, series: pd.Series, n: int, t: DriftThresholds) -> FeatureDrift:
     values = _floats(series)
-    cur = np.sort(values[~np.isnan(values)])
+    nan = np.isnan(values)
+    cur = values[~nan] if nan.any() else values.copy()  # a private copy, sorted in place
+    cur.sort()
     ref = p.sorted_values
     statistic = p_value = psi_value = None
     if len(cur) and len(ref):
@@ -373,6 +375,8 @@ def _category_counts(series: pd.Series) -> pd.Series:
 
 
 def _floats(series: pd.Series) -> np.ndarray:
+    if series.dtype == np.float64:  # no conversion pass (NaN already marks missing)
+        return series.to_numpy()
     return series.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
