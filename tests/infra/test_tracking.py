@@ -39,7 +39,7 @@ def test_basic_auth_app_with_admin_from_secrets(rendered: dict[str, RenderResult
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_auth_database_is_the_same_postgres(rendered: dict[str, RenderResult], stack: str) -> None:
     secret = manifest(rendered[stack], "Secret", "mlflow-server")["stringData"]
-    assert re.search(r"^database_uri = postgresql://", secret["basic_auth.ini"], re.M)
+    assert re.search(r"^database_uri = postgresql\+psycopg2://", secret["basic_auth.ini"], re.M)
     assert f"database_uri = {secret['backend-store-uri']}" in secret["basic_auth.ini"]
     assert "admin_password" not in secret["basic_auth.ini"]
 
