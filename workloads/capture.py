@@ -1,7 +1,8 @@
 """Inference capture: what an endpoint saw and answered, written in batches to the capture bucket.
 
-The request path only appends a reference to an in-memory buffer (`CaptureWriter.record`,
-no I/O, no DataFrame building); a background thread turns the buffer into Parquet files:
+The request path only appends a reference to an in-memory buffer (`CaptureWriter.record`, or
+`record_batch` for a whole micro-batch: the predicted DataFrame and which rows are whose; no
+I/O, no DataFrame building); a background thread turns the buffer into Parquet files:
 
     s3://<capture_bucket>/captures/<endpoint>/dt=YYYY-MM-DD/hour=HH/<uuid>.parquet
 
@@ -48,9 +49,10 @@ def capture_prefix(endpoint: str) -> str:
 
 @dataclass(frozen=True)
 class _Record:
-    """One scored request, kept as references until the background flush."""
+    """Scored requests (one, or a micro-batch in order), kept as references until the background flush."""
 
-    request_id: str
+    request_ids: list[str]
+    sizes: list[int]  # rows of each request, in the order of `inputs`
     ts: datetime
     model_name: str
     model_version: str
@@ -91,8 +93,10 @@ def records_to_frame(records: list[_Record]) -> pd.DataFrame:
     frames = []
     for rec in records:
         frame = rec.inputs.reset_index(drop=True).copy()
-        frame["_request_id"] = rec.request_id
-        frame["_row"] = np.arange(rec.rows, dtype="int64")
+        sizes = np.asarray(rec.sizes, dtype="int64")
+        frame["_request_id"] = np.repeat(np.asarray(rec.request_ids, dtype=object), sizes)
+        # Row index within its own request: position in the batch minus where the request starts.
+        frame["_row"] = np.arange(rec.rows, dtype="int64") - np.repeat(np.cumsum(sizes) - sizes, sizes)
         frame["_ts"] = pd.Timestamp(rec.ts)
         frame["_model_name"] = rec.model_name
         frame["_model_version"] = rec.model_version
@@ -142,8 +146,26 @@ class CaptureWriter:
         ts: datetime | None = None,
     ) -> bool:
         """Queue one scored request; False when the buffer is full and it was dropped."""
+        return self.record_batch([request_id], [len(inputs)], model_name, model_version, inputs, predictions, ts)
+
+    def record_batch(
+        self,
+        request_ids: list[str],
+        sizes: list[int],
+        model_name: str,
+        model_version: str,
+        inputs: pd.DataFrame,
+        predictions: Any,
+        ts: datetime | None = None,
+    ) -> bool:
+        """Queue a micro-batch: `inputs` holds the requests' rows in order, `sizes[i]` of them for
+        `request_ids[i]`. False when the buffer is full and the batch was dropped."""
+        request_id = request_ids[0] if request_ids else "?"
         try:
-            rec = _Record(request_id, ts or datetime.now(UTC), model_name, model_version, inputs, predictions)
+            if sum(sizes) != len(inputs) or len(sizes) != len(request_ids):
+                raise ValueError(f"sizes {sum(sizes)} != {len(inputs)} input rows or ids != sizes")
+            rec = _Record(list(request_ids), list(sizes), ts or datetime.now(UTC), model_name, model_version,
+                          inputs, predictions)
             with self._lock:
                 if self.stats.buffered_rows + rec.rows > self.max_buffer_rows:
                     self.stats.records_dropped += rec.rows

@@ -35,6 +35,7 @@ from workloads.stack import StackOutputs
 log = logging.getLogger("mlops.serve")
 
 CONFIG_ENV = "MLOPS_SERVE_CONFIG"  # how the supervisor hands the config to uvicorn workers
+_PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8"})  # fast-path content types
 
 
 class ServeConfig(BaseModel):
@@ -81,6 +82,7 @@ class LoadedModel:
     params_schema: Any = None
     _predict_fn: Any = None
     _predict_takes_params: bool = False
+    fast: FastSchema | None = None  # set when requests can take the fast path (see below)
 
     @classmethod
     def load(cls, name: str, alias: str, version: str, run_id: str | None) -> LoadedModel:
@@ -98,6 +100,7 @@ class LoadedModel:
             batchable=not typed, input_schema=meta.get_input_schema(), params_schema=meta.get_params_schema(),
             _predict_fn=fn,
             _predict_takes_params=bool(params_arg and params_arg.kind != inspect.Parameter.VAR_KEYWORD),
+            fast=None if typed else FastSchema.of(meta.get_input_schema()),
         )
 
     def validate(self, data: Any, params: dict | None) -> tuple[Any, dict | None]:
@@ -155,6 +158,131 @@ class ModelHolder:
             return True
 
 
+# --- the fast path -----------------------------------------------------------------------------
+# MLflow's per-request parsing builds and casts a DataFrame for every request: milliseconds of
+# pandas work on the event loop. For the common case (a JSON body in one of the four standard
+# shapes, exactly the signature's columns, values of exactly the right Python types) the event
+# loop only runs json.loads and a pure-Python check; the predictor thread builds ONE DataFrame
+# per batch and runs MLflow's own casting and schema enforcement on it once. Anything else, and
+# any batch that fails, goes through the MLflow path, which owns every error message.
+
+# Signature types whose JSON values map one-to-one onto Python types (bool is not an int here).
+_FAST_TYPES: dict[str, frozenset[type]] = {
+    "double": frozenset({float, int}), "float": frozenset({float, int}),
+    "long": frozenset({int}), "integer": frozenset({int}),
+    "string": frozenset({str}), "boolean": frozenset({bool}),
+}
+
+
+@dataclass(frozen=True)
+class FastInput:
+    """One request's values, column by column in signature order."""
+
+    columns: list[list]
+    rows: int
+
+
+class _Fallback(Exception):
+    """The fast path declined this request after all: serve it through the MLflow path."""
+
+
+@dataclass(frozen=True)
+class FastSchema:
+    """The model's column names and accepted value types, for the cheap per-request check."""
+
+    names: tuple[str, ...]
+    types: tuple[frozenset[type], ...]
+
+    @classmethod
+    def of(cls, schema: Any) -> FastSchema | None:
+        """None unless every input is a named scalar column (no tensors, arrays, objects, binary)."""
+        from mlflow.types.schema import ColSpec, DataType
+
+        if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+            return None
+        specs = schema.inputs
+        if not all(isinstance(c, ColSpec) and isinstance(c.type, DataType) and c.type.name in _FAST_TYPES
+                   for c in specs):
+            return None
+        return cls(tuple(c.name for c in specs), tuple(_FAST_TYPES[c.type.name] for c in specs))
+
+    def parse(self, body: bytes) -> FastInput | None:
+        """The request's columns, or None when it is not the common case."""
+        try:
+            payload = json.loads(body)
+        except ValueError:  # includes invalid UTF-8
+            return None
+        if type(payload) is not dict or len(payload) != 1:  # params, two format keys, LLM input...
+            return None
+        ((key, value),) = payload.items()
+        if key == "dataframe_split":
+            columns = self._from_split(value)
+        elif key in ("dataframe_records", "instances", "inputs") and type(value) is list:
+            columns = self._from_records(value)
+        elif key == "inputs" and type(value) is dict:
+            columns = self._from_dict(value)
+        else:
+            return None
+        if columns is None or not all({type(v) for v in col} <= ok for col, ok in zip(columns, self.types, strict=True)):
+            return None
+        return FastInput(columns, len(columns[0]))
+
+    def _from_split(self, split: Any) -> list[list] | None:
+        if type(split) is not dict or split.keys() != {"columns", "data"} or split["columns"] != list(self.names):
+            return None
+        data, width = split["data"], len(self.names)
+        if type(data) is not list or not data or not all(type(r) is list and len(r) == width for r in data):
+            return None
+        return [list(col) for col in zip(*data, strict=True)]  # lengths checked
+
+    def _from_records(self, records: list) -> list[list] | None:
+        names = self.names
+        if not records or not all(type(r) is dict and r.keys() == set(names) for r in records):
+            return None
+        return [[r[n] for r in records] for n in names]
+
+    def _from_dict(self, columns: dict) -> list[list] | None:
+        if columns.keys() != set(self.names):
+            return None
+        values = [columns[n] for n in self.names]
+        if not all(type(v) is list for v in values) or not values[0] or len({len(v) for v in values}) != 1:
+            return None
+        return values
+
+
+def _predict_fast(group: list[_Item], capture: Any) -> list[tuple[bool, Any]]:
+    """Predictor thread: one DataFrame, one MLflow schema enforcement and one predict for the group."""
+    import pandas as pd
+    from mlflow.utils.proto_json_utils import cast_df_types_according_to_schema
+
+    model = group[0].model
+    names = model.fast.names
+    try:
+        merged = {n: [v for item in group for v in item.data.columns[i]] for i, n in enumerate(names)}
+        # The same casting MLflow's JSON parser applies, then the same enforcement predict applies.
+        frame = cast_df_types_according_to_schema(pd.DataFrame(merged, columns=list(names)), model.input_schema)
+        frame, params = model.validate(frame, None)
+        output = model.predict_validated(frame, params)
+        pieces = _split(output, [i.rows for i in group])
+    except Exception:
+        log.debug("fast batch of %d requests failed; falling back to the MLflow path", len(group), exc_info=True)
+        return [(False, _Fallback())] * len(group)
+    if capture is not None:
+        capture.record_batch([i.request_id for i in group], [i.rows for i in group], model.name, model.version,
+                             frame, output)
+    return [(True, p) for p in pieces]
+
+
+def fast_predictions_json(predictions: Any) -> str | None:
+    """MLflow's response bytes for a plain numeric array, without its generic encoder; else None."""
+    import numpy as np
+
+    if isinstance(predictions, np.ndarray) and predictions.dtype.kind in "biuf":
+        # MLflow writes json.dump({"predictions": array.tolist()}): the same floats' repr, same separators.
+        return '{"predictions": ' + json.dumps(predictions.tolist()) + "}"
+    return None
+
+
 # --- micro-batching ----------------------------------------------------------------------------
 
 
@@ -165,10 +293,13 @@ class _Item:
     params: dict | None
     rows: int
     future: asyncio.Future = field(repr=False)
+    request_id: str = ""
 
     @property
     def group_key(self) -> tuple:
-        # Requests are batched only with others for the same model version and the same params.
+        # Requests are batched only with others for the same model version, path and params.
+        if isinstance(self.data, FastInput):
+            return (id(self.model), "fast")
         batchable = self.model.batchable and _is_frame(self.data)
         params = json.dumps(self.params, sort_keys=True, default=str) if self.params else None
         return (id(self.model), params, id(self) if not batchable else None)
@@ -204,10 +335,12 @@ def _split(output: Any, sizes: list[int]) -> list[Any]:
     raise _Unsplittable(type(output).__name__)
 
 
-def _predict_group(group: list[_Item]) -> list[tuple[bool, Any]]:
+def _predict_group(group: list[_Item], capture: Any = None) -> list[tuple[bool, Any]]:
     """Runs on the predictor thread: one predict for the group, or one per request if that fails."""
     import pandas as pd
 
+    if isinstance(group[0].data, FastInput):
+        return _predict_fast(group, capture)
     model, params = group[0].model, group[0].params
     if len(group) > 1:
         try:
@@ -227,10 +360,11 @@ def _predict_group(group: list[_Item]) -> list[tuple[bool, Any]]:
 class MicroBatcher:
     """Coalesces concurrent requests into batched predict calls on one predictor thread."""
 
-    def __init__(self, max_batch_rows: int, max_wait_ms: float, on_batch: Any = None) -> None:
+    def __init__(self, max_batch_rows: int, max_wait_ms: float, on_batch: Any = None, capture: Any = None) -> None:
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch  # callback(rows, requests) for metrics
+        self.capture = capture  # fast batches are captured whole, by the predictor thread
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         # One thread: numpy/sklearn are fastest without contention, and the event loop keeps parsing.
@@ -247,9 +381,10 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def predict(self, model: LoadedModel, data: Any, params: dict | None) -> Any:
+    async def predict(self, model: LoadedModel, data: Any, params: dict | None, request_id: str = "") -> Any:
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(model, data, params, len(data) if hasattr(data, "__len__") else 1, future))
+        rows = data.rows if isinstance(data, FastInput) else len(data) if hasattr(data, "__len__") else 1
+        self._queue.append(_Item(model, data, params, rows, future, request_id))
         self._wake.set()
         return await future
 
@@ -285,7 +420,7 @@ class MicroBatcher:
                 groups.setdefault(item.group_key, []).append(item)
             for group in groups.values():
                 try:
-                    results = await loop.run_in_executor(self._executor, _predict_group, group)
+                    results = await loop.run_in_executor(self._executor, _predict_group, group, self.capture)
                 except Exception as exc:  # pragma: no cover - _predict_group catches per item
                     results = [(False, exc)] * len(group)
                 if self.on_batch:
@@ -387,8 +522,16 @@ class Metrics:
         self.model_info = Gauge("mlops_model_version_info", "The model version being served (value 1)",
                                 ["model", "alias", "version"], registry=self.registry)
         self.ready = Gauge("mlops_model_ready", "1 when a model version is loaded", registry=self.registry)
+        self._by_status: dict[int, Any] = {}
         if capture is not None:
             self.registry.register(_CaptureCollector(capture))
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        counter = self._by_status.get(status)
+        if counter is None:  # labels() costs a lock and a dict lookup: keep the child per status
+            counter = self._by_status[status] = self.requests.labels(str(status))
+        counter.inc()
+        self.latency.observe(seconds)
 
     def on_batch(self, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)
@@ -448,7 +591,7 @@ def create_app(config: ServeConfig | None = None) -> Any:
         )
     metrics = Metrics(capture)
     holder.on_swap.append(metrics.on_swap)
-    batcher = MicroBatcher(config.max_batch_rows, config.max_wait_ms, metrics.on_batch)
+    batcher = MicroBatcher(config.max_batch_rows, config.max_wait_ms, metrics.on_batch, capture)
 
     def not_ready() -> _Reject:
         reason = f"model models:/{config.model}@{config.alias} is not loaded yet"
@@ -469,9 +612,47 @@ def create_app(config: ServeConfig | None = None) -> Any:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def invocations(request: Request) -> Response:
+    async def fast_path(model: LoadedModel, body: bytes, content_type: str | None, request_id: str) -> str | None:
+        """The response body, or None when the request needs the MLflow path."""
+        if model.fast is None or content_type not in _PLAIN_JSON:
+            return None
+        data = model.fast.parse(body)
+        if data is None:
+            return None
+        try:
+            predictions = await batcher.predict(model, data, None, request_id)
+        except _Fallback:
+            return None
+        return fast_predictions_json(predictions) or predictions_json(predictions, False)
+
+    async def mlflow_path(model: LoadedModel, body: bytes, content_type: str | None, request_id: str) -> str:
+        """MLflow's parsing and validation per request: every format, every error message."""
         from mlflow.exceptions import MlflowException
 
+        data = None
+        try:
+            data, params, unified = parse_request(body, content_type, model)
+            data, params = model.validate(data, params)
+        except MlflowException as e:
+            # The stock server wraps schema errors raised by predict in this prefix.
+            if "enforce" in e.message:
+                e.message = f"Failed to predict data '{data}'. \nError: {e.message}"
+            raise _Reject(e.get_http_status_code(), e.serialize_as_json()) from None
+        try:
+            predictions = await batcher.predict(model, data, params, request_id)
+        except MlflowException as e:
+            raise _Reject(e.get_http_status_code(), e.serialize_as_json()) from None
+        except Exception:
+            # The stock server's answer to an exception inside predict.
+            raise _error(400, "BAD_REQUEST", "Encountered an unexpected error while evaluating the model. "
+                         "Verify that the serialized input Dataframe is compatible with the model for "
+                         "inference.") from None
+        content = (None if unified else fast_predictions_json(predictions)) or predictions_json(predictions, unified)
+        if capture is not None and _is_frame(data):
+            capture.record(request_id, model.name, model.version, data, predictions)
+        return content
+
+    async def invocations(request: Request) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
         model = holder.current
@@ -481,32 +662,14 @@ def create_app(config: ServeConfig | None = None) -> Any:
                 raise not_ready()
             headers["X-Model-Version"] = model.version
             body = await read_body(request)
-            data = None
-            try:
-                data, params, unified = parse_request(body, request.headers.get("content-type"), model)
-                data, params = model.validate(data, params)
-            except MlflowException as e:
-                # The stock server wraps schema errors raised by predict in this prefix.
-                if "enforce" in e.message:
-                    e.message = f"Failed to predict data '{data}'. \nError: {e.message}"
-                raise _Reject(e.get_http_status_code(), e.serialize_as_json()) from None
-            try:
-                predictions = await batcher.predict(model, data, params)
-            except MlflowException as e:
-                raise _Reject(e.get_http_status_code(), e.serialize_as_json()) from None
-            except Exception:
-                # The stock server's answer to an exception inside predict.
-                raise _error(400, "BAD_REQUEST", "Encountered an unexpected error while evaluating the model. "
-                             "Verify that the serialized input Dataframe is compatible with the model for "
-                             "inference.") from None
-            content = predictions_json(predictions, unified)
-            if capture is not None and _is_frame(data):
-                capture.record(request_id, model.name, model.version, data, predictions)
+            content_type = request.headers.get("content-type")
+            content = await fast_path(model, body, content_type, request_id)
+            if content is None:
+                content = await mlflow_path(model, body, content_type, request_id)
             response = Response(content, 200, headers=headers, media_type="application/json")
         except _Reject as r:
             response = Response(r.body, r.status, headers=headers, media_type=r.media_type)
-        metrics.requests.labels(str(response.status_code)).inc()
-        metrics.latency.observe(time.perf_counter() - started)
+        metrics.observe_request(response.status_code, time.perf_counter() - started)
         return response
 
     async def ping(request: Request) -> Response:
