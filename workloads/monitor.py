@@ -618,6 +618,21 @@ def _log_report(
     return f"{client.get_run(run_id).info.artifact_uri}/report.html"
 
 
+def as_signature_types(X: pd.DataFrame, model: Any) -> pd.DataFrame:
+    """Numeric columns cast to the model signature's types: MLflow's schema enforcement refuses
+    int64 -> double and float64 -> long, and Parquet or CSV may hand back either."""
+    schema = model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return X
+    casts = {}
+    for name, dtype in zip(schema.input_names(), schema.input_types(), strict=False):
+        target = getattr(dtype, "to_numpy", lambda: None)()
+        if name in X.columns and target is not None and target.kind in "if" and X[name].dtype != target:
+            if target.kind == "f" or not X[name].isna().any():
+                casts[name] = target
+    return X.astype(casts) if casts else X
+
+
 def _prediction_profile(champ: _Champion, reference: pd.DataFrame) -> ReferenceProfile:
     """The champion's predictions on its own holdout rows (what it scored unseen): the prediction baseline."""
     import mlflow
@@ -635,9 +650,7 @@ def _prediction_profile(champ: _Champion, reference: pd.DataFrame) -> ReferenceP
     except (ValueError, KeyError) as exc:  # not reproducible: fall back to every reference row
         log.warning("holdout split not reproducible (%s): prediction baseline uses all reference rows", exc)
     model = mlflow.pyfunc.load_model(f"models:/{champ.name}/{champ.version}")
-    X = rows[champ.features]
-    # Parquet keeps integer columns integer; MLflow's schema enforcement refuses int64 -> double.
-    X = X.astype({c: "float64" for c in X.columns if pd.api.types.is_integer_dtype(X[c])})
+    X = as_signature_types(rows[champ.features], model)
     predictions = np.asarray(model.predict(X), dtype=float).reshape(len(rows), -1)[:, 0]
     return ReferenceProfile.build(pd.DataFrame({PREDICTION: predictions}),
                                   meta={"model": champ.name, "version": champ.version})

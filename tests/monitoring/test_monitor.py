@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workloads.monitor import MonitorConfig, MonitorError, monitor
+from workloads.monitor import MonitorConfig, MonitorError, as_signature_types, monitor
 from workloads.sample import generate
 from workloads.stack import StackOutputs
 
@@ -61,7 +61,7 @@ def capture(outputs: StackOutputs, endpoint: str, df: pd.DataFrame, model, versi
     frame["_row"] = [i % 25 for i in range(len(df))]
     frame["_ts"] = pd.Timestamp(at - timedelta(minutes=5))
     frame["_model_name"], frame["_model_version"] = MODEL, version
-    inputs = features.astype({c: "float64" for c in features.columns if pd.api.types.is_integer_dtype(features[c])})
+    inputs = as_signature_types(features, model)
     complete = len(features.columns) == 10  # a broken payload could not have been scored
     frame["_prediction"] = model.predict(inputs) if complete else 0
     buffer = io.BytesIO()
