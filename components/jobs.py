@@ -7,7 +7,9 @@ replaced when the image tag changes (a Job's pod template is immutable, a CronJo
 and every run is `kubectl create job --from=cronjob/train-<name> train-<name>-<suffix>`.
 With `searchShards > 1` the template is an Indexed Job (one pod per candidate shard,
 `mlops train SPEC --shard $(JOB_COMPLETION_INDEX) --shards N`) and a second template
-`train-<name>-select` runs `mlops train SPEC --select --shards N` once the shards are done.
+`train-<name>-select` runs `mlops train SPEC --select --shards N`, which waits for the shards.
+Shards and select find each other by the spec hash and data digest (their default search
+group), so the two Jobs need no shared name or variable.
 
 Per serving endpoint, a CronJob `monitor-<endpoint>` on `workloads.monitoring.schedule`
 runs `mlops monitor` with the thresholds from config (`concurrencyPolicy: Forbid`, history
@@ -225,10 +227,6 @@ class Jobs(pulumi.ComponentResource):
             "args": command[2:],
             "resources": resources(job.cpu, job.memory, gpus=training_gpus(env, job)),
         }
-        if indexed:
-            # Shards of one search share a group id (the Job's name) so the selection step finds them.
-            container["env"] = [{"name": "MLOPS_SEARCH_GROUP", "valueFrom": {
-                "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}}]
         spec: dict[str, Any] = {
             "backoffLimit": job.backoff_limit,
             "activeDeadlineSeconds": job.active_deadline_seconds,

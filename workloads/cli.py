@@ -141,28 +141,68 @@ def train(
     stack: str = typer.Option(None, "--stack", help="Pulumi stack whose outputs to use (else the local stack)."),
     workdir: str = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR", help="Local stack workdir [.mlops/local]."),
     data_path: str = typer.Option(None, "--data", help="Train on this CSV/Parquet (path or s3:// URI) instead."),
+    shard: int | None = typer.Option(None, "--shard", min=0,
+                                     help="Only cross-validate this shard's candidates (i, i+N, ...) and log them; "
+                                          "no registration. Needs --shards."),
+    shards: int = typer.Option(1, "--shards", min=1, help="Number of search shards (with --shard or --select)."),
+    select_step: bool = typer.Option(False, "--select",
+                                     help="Wait for all --shards shards, then fit, gate and register the best."),
+    group: str | None = typer.Option(None, "--group", envvar="MLOPS_SEARCH_GROUP",
+                                     help="Search group shared by shards and select [default: spec hash + data digest]."),
+    wait_timeout: float = typer.Option(3600.0, "--wait-timeout", min=0,
+                                       help="--select: seconds to wait for the shards' finished runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (no progress bar)."),
 ) -> None:
-    """Train, register and gate a model from a spec: validated, versioned data in; champion or challenger out."""
+    """Train, register and gate a model from a spec: validated, versioned data in; champion or challenger out.
+
+    On a cluster the search can fan out: `--shard I --shards N` in N pods, then `--select --shards N`.
+    Exit codes: 2 bad spec, options or environment; 3 data validation failed; 1 training failed
+    (e.g. shards missing); nothing is registered in any of these cases.
+    """
     from workloads.data import DataError, DataValidationError, load
     from workloads.stack import StackError, resolve
-    from workloads.train import SpecError, TrainingSpec, summary_table
+    from workloads.train import (
+        SpecError,
+        TrainingError,
+        TrainingSpec,
+        format_uri,
+        search_shard,
+        select,
+        summary_table,
+    )
     from workloads.train import train as run_training
 
     try:
+        if shard is not None and select_step:
+            raise SpecError("--shard and --select: choose one (shards search, select registers)")
+        if shard is not None and shard >= shards:
+            raise SpecError(f"--shard {shard}: must be below --shards {shards}")
         spec = TrainingSpec.from_yaml(spec_path)
         outputs = resolve(stack, workdir)
         outputs.apply_env()
-        data = load(data_path, outputs) if data_path else None
-        result = run_training(spec, outputs, data=data, progress=not as_json)
+        data = load(format_uri(data_path, outputs, "--data"), outputs) if data_path else None
+        if shard is not None:
+            result = search_shard(spec, outputs, shard, shards, group=group, data=data, progress=not as_json)
+        elif select_step:
+            result = select(spec, outputs, shards, group=group, data=data, progress=not as_json, timeout=wait_timeout)
+        else:
+            result = run_training(spec, outputs, data=data, progress=not as_json)
     except (SpecError, StackError, DataError) as exc:
         err_console.print(f"[red]{type(exc).__name__}[/red] {exc}")
         raise typer.Exit(2) from None
     except DataValidationError as exc:
         err_console.print(f"[red]data validation failed, nothing registered[/red]\n{exc}")
         raise typer.Exit(3) from None
+    except TrainingError as exc:
+        err_console.print(f"[red]training failed[/red] {exc}")
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
+    elif shard is not None:
+        best = "no candidates" if result.best is None else f"best {result.best.family} {result.best.params} " \
+            f"cv {result.best.cv_score:.4f}"
+        console.print(f"shard {result.shard}/{result.shards} of group {result.group}: "
+                      f"{result.n_candidates} candidates, {best} (run {result.run_id})")
     else:
         console.print(summary_table(result))
 
@@ -183,11 +223,24 @@ def data_generate(
     concept_drift: float = typer.Option(0.0, "--concept-drift", min=0.0, max=1.0, help="0-1: change the label rule."),
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Include the label column."),
     target: str = typer.Option("churned", "--target", help="churned (classification) or monthly_spend (regression)."),
+    stack: str = typer.Option(None, "--stack", help="For an s3:// OUT: Pulumi stack whose store to write to."),
+    workdir: str = typer.Option(None, "--workdir", envvar="MLOPS_WORKDIR",
+                                help="For an s3:// OUT: local stack workdir [.mlops/local]."),
 ) -> None:
-    """Write the sample churn dataset (optionally shifted "production" data) to CSV or Parquet."""
+    """Write the sample churn dataset (optionally shifted "production" data) to CSV or Parquet.
+
+    OUT may be an s3:// URI with stack placeholders, e.g. 's3://{data_bucket}/incoming/churn.parquet'
+    (where workloads/specs/churn.yaml reads its data).
+    """
+    import io
     from pathlib import Path
+    from urllib.parse import urlparse
+
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from workloads.sample import generate
+    from workloads.stack import StackError, resolve
+    from workloads.train import SpecError, format_uri
 
     if not out.lower().endswith((".csv", ".parquet")):
         err_console.print(f"[red]{out}: the output must end in .csv or .parquet[/red]")
@@ -199,6 +252,23 @@ def data_generate(
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if out.startswith("s3://"):
+        try:
+            outputs = resolve(stack, workdir)
+            uri = format_uri(out, outputs, "OUT")
+            url = urlparse(uri)
+            buffer = io.BytesIO()
+            df.to_csv(buffer, index=False) if uri.lower().endswith(".csv") else df.to_parquet(buffer, index=False)
+            client = outputs.s3_client()
+            client.put_object(Bucket=url.netloc, Key=url.path.lstrip("/"), Body=buffer.getvalue())
+        except (StackError, SpecError) as exc:
+            err_console.print(f"[red]{type(exc).__name__}[/red] {exc}")
+            raise typer.Exit(2) from None
+        except (BotoCoreError, ClientError) as exc:  # store down, no such bucket, denied
+            err_console.print(f"[red]{uri}: could not write: {exc}[/red]")
+            raise typer.Exit(1) from None
+        console.print(f"wrote {len(df)} rows, {len(df.columns)} columns to {uri}")
+        return
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False) if out.lower().endswith(".csv") else df.to_parquet(path, index=False)

@@ -5,7 +5,9 @@ Steps, in order (see `train`):
 2. store it once by content digest and split it (seeded; stratified for classification);
 3. in one MLflow run: search every model family's space with scikit-learn (all cores), log
    each candidate as a nested run, refit the best on the training split, log holdout
-   metrics, the model (signature, input example), permutation importance (plot and table);
+   metrics, the model (signature, input example), permutation importance (plot and table).
+   On a cluster the search can instead run in N pods (`search_shard`: candidate i goes to
+   shard i mod N) and `select` hands the union of their candidates to this same step;
 4. score the current `champion` on the same holdout;
 5. only then register the version with its lineage tags and set alias `champion` (wins by
    the margin, or no champion yet, and passes the floor) or `challenger`. A failure while
@@ -17,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 import subprocess
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +128,38 @@ def make_estimator(family: str, task: Task, seed: int) -> Any:
     return cls(**kwargs)
 
 
+# --- stack placeholders in URIs ------------------------------------------------------------
+
+# `{data_bucket}` etc.: the string fields of the outputs contract, so one spec works in every environment.
+PLACEHOLDERS = sorted(
+    name for name, field in StackOutputs.model_fields.items() if name != "serving_endpoints"
+)
+
+
+def placeholders(template: str, key: str = "dataset.source") -> list[str]:
+    """The `{name}` placeholders in `template`; SpecError for unknown names or malformed braces."""
+    try:
+        fields = [(name, conv, fmt) for _, name, fmt, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise SpecError(f"{key}: {template!r}: {exc} (write literal braces as {{{{ and }}}})") from None
+    for name, conv, fmt in fields:
+        if name not in PLACEHOLDERS or conv or fmt:
+            raise SpecError(f"{key}: unknown placeholder {{{name}{'!' + conv if conv else ''}"
+                            f"{':' + fmt if fmt else ''}}} in {template!r}; "
+                            f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    return [name for name, _, _ in fields]
+
+
+def format_uri(template: str, outputs: StackOutputs, key: str = "dataset.source") -> str:
+    """`template` with its placeholders filled from the stack outputs (e.g. `s3://{data_bucket}/x.csv`)."""
+    values = outputs.model_dump()
+    names = placeholders(template, key)
+    unset = sorted({n for n in names if values[n] is None})
+    if unset:
+        raise SpecError(f"{key}: {template!r} uses {unset}, not set in environment {outputs.environment!r}")
+    return template.format(**{n: values[n] for n in names})
+
+
 # --- the spec -------------------------------------------------------------------------------
 
 
@@ -133,10 +169,23 @@ class _Strict(BaseModel):
 
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
-    source: str | None = Field(None, description="path or s3:// URI of a CSV or Parquet file")
+    source: str | None = Field(
+        None, description="path or s3:// URI of a CSV or Parquet file; may use stack outputs: s3://{data_bucket}/..."
+    )
     data_schema: datasets.DatasetSchema | None = Field(
         None, alias="schema", description="explicit schema; else the one stored with the first version"
     )
+
+
+    @field_validator("source")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                placeholders(value)
+            except SpecError as exc:
+                raise ValueError(str(exc).removeprefix("dataset.source: ")) from None
+        return value
 
 
 class ModelSpec(_Strict):
@@ -212,6 +261,7 @@ class TrainingSpec(_Strict):
 
 
 class Candidate(BaseModel):
+    index: int  # position in the spec's candidate list (see plan_candidates)
     family: str
     params: dict[str, Any]
     cv_score: float
@@ -318,45 +368,87 @@ def _grid_size(space: dict[str, Any]) -> int | None:
     return int(np.prod([len(v) for v in space.values()])) if space else 1
 
 
-def run_search(
+@dataclass(frozen=True)
+class Planned:
+    """One candidate of a spec's search, before it is evaluated."""
+
+    index: int  # position in the spec's full candidate list: the identity shards and select agree on
+    model_index: int
+    family: str
+    params: dict[str, Any]  # estimator parameter -> value (without the pipeline prefix)
+
+
+def plan_candidates(spec: TrainingSpec, task: Task) -> list[Planned]:
+    """Every candidate of the spec, in a fixed order: per family the whole grid when it has at most
+    `n_iter` points, else `n_iter` draws of scikit-learn's ParameterSampler seeded with the spec's seed
+    (exactly what GridSearchCV / RandomizedSearchCV would try)."""
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
+    planned: list[Planned] = []
+    for model_index, model in enumerate(spec.models):
+        space = search_space(model, model_index, make_estimator(model.family, task, spec.seed))
+        size = _grid_size(space)
+        points = (ParameterGrid(space) if size is not None and size <= spec.search.n_iter  # {} is one point
+                  else ParameterSampler(space, n_iter=spec.search.n_iter, random_state=spec.seed))
+        for params in points:
+            planned.append(Planned(len(planned), model_index, model.family,
+                                   {k.removeprefix("model__"): _plain(v) for k, v in params.items()}))
+    return planned
+
+
+def shard_candidates(planned: list[Planned], shard: int, shards: int) -> list[Planned]:
+    """Shard `shard` of `shards` takes candidates shard, shard + shards, ...: no overlap, no gap."""
+    if not 0 <= shard < shards:
+        raise SpecError(f"--shard {shard}: must be in 0..{shards - 1} for --shards {shards}")
+    return planned[shard::shards]
+
+
+def best_first(candidates: list[Candidate], metric: Metric) -> list[Candidate]:
+    """Best first; ties keep the spec's candidate order, so sharded and unsharded runs pick the same one."""
+    return sorted(candidates, key=lambda c: (-c.cv_score if metric.greater_is_better else c.cv_score, c.index))
+
+
+def evaluate(
     spec: TrainingSpec, task: Task, metric: Metric, n_classes: int, X: pd.DataFrame, y: pd.Series,
-    on_family: Callable[[str, int], None] | None = None,
+    planned: list[Planned], on_family: Callable[[str, int], None] | None = None,
 ) -> list[Candidate]:
-    """Search every family's space with cross-validation; every candidate, best first."""
-    from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, StratifiedKFold
+    """Cross-validate the given candidates (training split only), all cores; best first."""
+    from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
     folds = (StratifiedKFold if task == "classification" else KFold)(
         n_splits=spec.search.cv, shuffle=True, random_state=spec.seed
     )
-    scoring = scorer_name(metric, n_classes)
+    sign = 1.0 if metric.greater_is_better else -1.0
     candidates: list[Candidate] = []
-    for index, model in enumerate(spec.models):
-        estimator = make_estimator(model.family, task, spec.seed)
-        space = search_space(model, index, estimator)
-        pipeline = build_pipeline(X, estimator)
-        size = _grid_size(space)
-        common: dict[str, Any] = {"scoring": scoring, "cv": folds, "n_jobs": -1, "refit": False, "error_score": "raise"}
-        if size is not None and size <= spec.search.n_iter:
-            search: Any = GridSearchCV(pipeline, space, **common)  # an empty space is one candidate
-        else:
-            search = RandomizedSearchCV(
-                pipeline, space, n_iter=spec.search.n_iter, random_state=spec.seed, **common
-            )
+    for model_index, model in enumerate(spec.models):
+        mine = [p for p in planned if p.model_index == model_index]
+        if not mine:
+            continue
+        pipeline = build_pipeline(X, make_estimator(model.family, task, spec.seed))
+        # A grid of single points is exactly this list, evaluated in parallel over candidates x folds.
+        grid = [{f"model__{k}": [v] for k, v in p.params.items()} for p in mine]
+        search = GridSearchCV(pipeline, grid, scoring=scorer_name(metric, n_classes), cv=folds, n_jobs=-1,
+                              refit=False, error_score="raise")
         search.fit(X, y)
         results = search.cv_results_
-        sign = 1.0 if metric.greater_is_better else -1.0
-        for i, params in enumerate(results["params"]):
+        for i, p in enumerate(mine):
             candidates.append(Candidate(
-                family=model.family,
-                params={k.removeprefix("model__"): _plain(v) for k, v in params.items()},
+                index=p.index, family=p.family, params=p.params,
                 cv_score=sign * float(results["mean_test_score"][i]),
                 cv_std=float(results["std_test_score"][i]),
                 fit_seconds=float(results["mean_fit_time"][i]),
             ))
         if on_family:
-            on_family(model.family, len(results["params"]))
-    candidates.sort(key=lambda c: -c.cv_score if metric.greater_is_better else c.cv_score)
-    return candidates
+            on_family(model.family, len(mine))
+    return best_first(candidates, metric)
+
+
+def run_search(
+    spec: TrainingSpec, task: Task, metric: Metric, n_classes: int, X: pd.DataFrame, y: pd.Series,
+    on_family: Callable[[str, int], None] | None = None,
+) -> list[Candidate]:
+    """Search every family's space with cross-validation; every candidate, best first."""
+    return evaluate(spec, task, metric, n_classes, X, y, plan_candidates(spec, task), on_family)
 
 
 def _plain(value: Any) -> Any:
@@ -521,27 +613,29 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-def train(
-    spec: TrainingSpec,
-    outputs: StackOutputs,
-    *,
-    data: pd.DataFrame | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Run one training job; see the module docstring. `data` overrides the spec's source."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+@dataclass
+class Prepared:
+    """Validated data, split the way every step of a job (search shard, select, train) splits it."""
 
-    started = time.monotonic()
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # keeps `--json` output clean
-    outputs.apply_env()
-    mlflow.set_tracking_uri(outputs.tracking_uri)
+    df: pd.DataFrame
+    schema: datasets.DatasetSchema
+    schema_is_new: bool  # no stored and no explicit schema: train() stores this inferred one
+    digest: str
+    task: Task
+    metric: Metric
+    n_classes: int
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_hold: pd.DataFrame
+    y_hold: pd.Series
 
-    # 1. data: read and validate before anything is logged
+
+def prepare(spec: TrainingSpec, outputs: StackOutputs, data: pd.DataFrame | None = None) -> Prepared:
+    """Read (unless `data` is given), validate and split; raises before anything is logged or stored."""
     if data is None:
         if not spec.dataset.source:
             raise SpecError("dataset.source: required unless data is passed in")
-        data = datasets.load(spec.dataset.source, outputs)
+        data = datasets.load(format_uri(spec.dataset.source, outputs), outputs)
     df = data.reset_index(drop=True)
     if spec.target not in df.columns:
         raise datasets.DataValidationError(spec.dataset.name, [datasets.Violation(
@@ -564,18 +658,58 @@ def train(
         raise SpecError(f"exclude: column(s) {missing_excluded} not in the data")
     for index, model in enumerate(spec.models):  # spec errors before any work is done
         search_space(model, index, make_estimator(model.family, task, spec.seed))
-
-    # 2. version and split
-    version_info = datasets.store(df, spec.dataset.name, outputs)
-    if stored_schema is None and spec.dataset.data_schema is None:
-        datasets.save_schema(spec.dataset.name, schema, outputs)
     train_df, holdout_df = datasets.split(
         df, spec.target, classification=task == "classification", seed=spec.seed,
         holdout_fraction=spec.holdout_fraction,
     )
     features = [c for c in df.columns if c != spec.target and c not in spec.exclude]
-    X_train, y_train = train_df[features], train_df[spec.target]
-    X_hold, y_hold = holdout_df[features], holdout_df[spec.target]
+    return Prepared(
+        df=df, schema=schema, schema_is_new=stored_schema is None and spec.dataset.data_schema is None,
+        digest=datasets.digest(df), task=task, metric=metric, n_classes=n_classes,
+        X_train=train_df[features], y_train=train_df[spec.target],
+        X_hold=holdout_df[features], y_hold=holdout_df[spec.target],
+    )
+
+
+def _start_tracking(outputs: StackOutputs) -> None:
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # keeps `--json` output clean
+    outputs.apply_env()
+    mlflow.set_tracking_uri(outputs.tracking_uri)
+
+
+def train(
+    spec: TrainingSpec,
+    outputs: StackOutputs,
+    *,
+    data: pd.DataFrame | None = None,
+    progress: bool = True,
+    candidates: list[Candidate] | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Run one training job; see the module docstring. `data` overrides the spec's source.
+
+    `candidates` (already cross-validated, e.g. by search shards; see `select`) replaces the search:
+    the best of them is refitted, scored, logged, registered and gated exactly like a searched one.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    started = time.monotonic()
+    _start_tracking(outputs)
+
+    # 1. data: read and validate before anything is logged
+    prep = prepare(spec, outputs, data)
+    if candidates is not None and not candidates:
+        raise TrainingError("no candidates to choose from")
+    df, task, metric, n_classes = prep.df, prep.task, prep.metric, prep.n_classes
+    X_train, y_train, X_hold, y_hold = prep.X_train, prep.y_train, prep.X_hold, prep.y_hold
+
+    # 2. version (the split is in prepare)
+    version_info = datasets.store(df, spec.dataset.name, outputs, content_digest=prep.digest)
+    if prep.schema_is_new:
+        datasets.save_schema(spec.dataset.name, prep.schema, outputs)
 
     client = MlflowClient()
     mlflow.set_experiment(spec.experiment or spec.name)
@@ -594,7 +728,7 @@ def train(
         **({"mlops.git.commit": commit} if commit else {}),
     }
 
-    # 3. search, fit, log
+    # 3. search (unless given the candidates), fit, log
     with mlflow.start_run(run_name=f"train-{spec.name}") as run:
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         with warnings.catch_warnings():  # the dataset's own schema is informational; ints are fine there
@@ -604,21 +738,23 @@ def train(
             )
             mlflow.log_input(dataset, context="training")
         mlflow.log_text(spec_yaml, "spec.yaml")
-        mlflow.log_dict(schema.model_dump(), "schema.json")
-        mlflow.set_tags(lineage)
-        total = sum(
-            min(spec.search.n_iter, _grid_size(search_space(m, i, make_estimator(m.family, task, spec.seed))) or
-                spec.search.n_iter)
-            for i, m in enumerate(spec.models)
-        )
+        mlflow.log_dict(prep.schema.model_dump(), "schema.json")
+        mlflow.set_tags(lineage | (run_tags or {}))
         with _progress(progress) as bar:
-            job = bar.add_task(f"searching {len(spec.models)} famil{'y' if len(spec.models) == 1 else 'ies'}",
-                               total=total)
-            candidates = run_search(
-                spec, task, metric, n_classes, X_train, y_train,
-                on_family=lambda family, n: bar.update(job, advance=n, description=f"searched {family}"),
-            )
-            _log_candidates(client, run_id, experiment_id, candidates, metric)
+            if candidates is None:
+                planned = plan_candidates(spec, task)
+                job = bar.add_task(f"searching {len(spec.models)} famil{'y' if len(spec.models) == 1 else 'ies'}",
+                                   total=len(planned))
+                candidates = evaluate(
+                    spec, task, metric, n_classes, X_train, y_train, planned,
+                    on_family=lambda family, n: bar.update(job, advance=n, description=f"searched {family}"),
+                )
+                _log_candidates(client, run_id, experiment_id, candidates, metric)
+            else:  # searched elsewhere (the shards' runs hold the per-candidate details)
+                candidates = best_first(candidates, metric)
+                job = bar.add_task(f"{len(candidates)} candidates searched", total=len(candidates),
+                                   completed=len(candidates))
+            mlflow.log_dict([c.model_dump() for c in candidates], "candidates.json")
             best = candidates[0]
             bar.update(job, description=f"fitting {best.family} on {len(X_train)} rows")
             model = build_pipeline(X_train, make_estimator(best.family, task, spec.seed))
@@ -647,7 +783,6 @@ def train(
                 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
                 info = _log_model(model, example)
 
-
             # 4. the champion on the same holdout
             bar.update(job, description="scoring the champion")
             champion = score_champion(client, spec.name, X_hold, y_hold, metric, n_classes)
@@ -674,6 +809,147 @@ def train(
     )
 
 
+# --- the search across pods: shards, then select --------------------------------------------
+# Shards and select must agree on a group id without talking to each other. By default it is
+# the spec hash plus the data digest: the same spec on the same data is the same search (its
+# results are deterministic), so a re-run shard just adds a newer run and select takes the
+# latest finished one per shard. `--group` / MLOPS_SEARCH_GROUP can name a group explicitly.
+
+GROUP_TAG, SHARD_TAG, SHARDS_TAG = "mlops.search.group", "mlops.search.shard", "mlops.search.shards"
+CANDIDATES_ARTIFACT = "candidates.json"
+
+
+def default_group(spec: TrainingSpec, digest: str) -> str:
+    return f"{spec.spec_hash()}-{digest[:12]}"
+
+
+class ShardResult(BaseModel):
+    model_name: str
+    group: str
+    shard: int
+    shards: int
+    n_candidates: int
+    best: Candidate | None
+    dataset_digest: str
+    run_id: str
+    seconds: float
+
+
+def search_shard(
+    spec: TrainingSpec, outputs: StackOutputs, shard: int, shards: int, *,
+    group: str | None = None, data: pd.DataFrame | None = None, progress: bool = True,
+) -> ShardResult:
+    """Cross-validate this shard's candidates (training split only) and log them as runs; no registration."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    started = time.monotonic()
+    _start_tracking(outputs)
+    prep = prepare(spec, outputs, data)
+    mine = shard_candidates(plan_candidates(spec, prep.task), shard, shards)
+    group = group or default_group(spec, prep.digest)
+    client = MlflowClient()
+    mlflow.set_experiment(spec.experiment or spec.name)
+    tags = {
+        GROUP_TAG: group, SHARD_TAG: str(shard), SHARDS_TAG: str(shards),
+        "mlops.spec.hash": spec.spec_hash(), "mlops.dataset.name": spec.dataset.name,
+        "mlops.dataset.digest": prep.digest, "mlops.task": prep.task, "mlops.metric": prep.metric.name,
+    }
+    with mlflow.start_run(run_name=f"search-{spec.name}-{shard}of{shards}", tags=tags) as run:
+        with _progress(progress) as bar:
+            job = bar.add_task(f"shard {shard}/{shards}: {len(mine)} candidates", total=len(mine))
+            candidates = evaluate(
+                spec, prep.task, prep.metric, prep.n_classes, prep.X_train, prep.y_train, mine,
+                on_family=lambda family, n: bar.update(job, advance=n, description=f"searched {family}"),
+            )
+        _log_candidates(client, run.info.run_id, run.info.experiment_id, candidates, prep.metric,
+                        tags={GROUP_TAG: group, SHARD_TAG: str(shard)})
+        mlflow.log_metric("n_candidates", len(candidates))
+        if candidates:
+            mlflow.log_metric(f"best.cv.{prep.metric.name}", candidates[0].cv_score)
+        # Written last: a FINISHED shard run always has its complete list.
+        mlflow.log_dict([c.model_dump() for c in candidates], CANDIDATES_ARTIFACT)
+    return ShardResult(
+        model_name=spec.name, group=group, shard=shard, shards=shards, n_candidates=len(candidates),
+        best=candidates[0] if candidates else None, dataset_digest=prep.digest, run_id=run.info.run_id,
+        seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def finished_shards(client: Any, experiment_id: str, group: str, shards: int) -> tuple[dict[int, Any], dict[int, str]]:
+    """The latest FINISHED run per shard of `group`, and the latest status of shards without one."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{GROUP_TAG}` = '{group}' and tags.`{SHARDS_TAG}` = '{shards}'",
+        order_by=["attributes.start_time DESC"], max_results=1000,
+    )
+    finished: dict[int, Any] = {}
+    latest: dict[int, str] = {}
+    for r in runs:  # newest first
+        shard = int(r.data.tags[SHARD_TAG])
+        latest.setdefault(shard, r.info.status)
+        if r.info.status == "FINISHED":
+            finished.setdefault(shard, r)
+    return finished, {s: latest.get(s, "no run") for s in range(shards) if s not in finished}
+
+
+def select(
+    spec: TrainingSpec, outputs: StackOutputs, shards: int, *,
+    group: str | None = None, data: pd.DataFrame | None = None, progress: bool = True,
+    timeout: float = 3600.0, poll_seconds: float = 10.0,
+) -> TrainResult:
+    """Wait for every shard of the group, then train() on the union of their candidates.
+
+    Fails with TrainingError naming the missing shards after `timeout` seconds; nothing is
+    registered unless every shard finished with this spec and this data.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if shards < 1:
+        raise SpecError(f"--shards {shards}: must be at least 1")
+    _start_tracking(outputs)
+    prep = prepare(spec, outputs, data)
+    group = group or default_group(spec, prep.digest)
+    client = MlflowClient()
+    deadline = time.monotonic() + timeout
+    while True:
+        experiment = client.get_experiment_by_name(spec.experiment or spec.name)
+        if experiment is None:
+            finished, missing = {}, {s: "no run" for s in range(shards)}
+        else:
+            finished, missing = finished_shards(client, experiment.experiment_id, group, shards)
+        if not missing:
+            break
+        if time.monotonic() >= deadline:
+            listed = ", ".join(f"{s} ({status})" for s, status in sorted(missing.items()))
+            raise TrainingError(
+                f"search group {group!r}: {len(missing)} of {shards} shard(s) have no finished run after "
+                f"{timeout:g} s: {listed}; run `mlops train SPEC --shard I --shards {shards}` for each "
+                "(with the same spec and data); nothing was registered"
+            )
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+    planned = plan_candidates(spec, prep.task)
+    candidates: list[Candidate] = []
+    for shard, run in sorted(finished.items()):
+        for key, expected in (("mlops.spec.hash", spec.spec_hash()), ("mlops.dataset.digest", prep.digest)):
+            if run.data.tags.get(key) != expected:
+                raise TrainingError(f"shard {shard} (run {run.info.run_id}) has {key} {run.data.tags.get(key)}, "
+                                    f"this job {expected}: re-run the shards with the same spec and data")
+        logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CANDIDATES_ARTIFACT}")
+        candidates += [Candidate.model_validate(c) for c in logged]
+    # Each candidate exactly once: what a single unsharded search would have evaluated.
+    got = sorted(c.index for c in candidates)
+    if got != list(range(len(planned))):
+        raise TrainingError(f"search group {group!r}: the shards evaluated candidates {got}, expected "
+                            f"0..{len(planned) - 1} once each; nothing was registered")
+    # The spec's own parameter values (typed), with the shards' scores.
+    candidates = [c.model_copy(update={"params": planned[c.index].params}) for c in candidates]
+    return train(spec, outputs, data=prep.df, progress=progress, candidates=candidates,
+                 run_tags={GROUP_TAG: group, SHARDS_TAG: str(shards)})
+
+
 def _log_model(model: Any, example: pd.DataFrame) -> Any:
     import mlflow
     from mlflow.models import infer_signature
@@ -697,7 +973,10 @@ def _log_model(model: Any, example: pd.DataFrame) -> Any:
     )
 
 
-def _log_candidates(client: Any, run_id: str, experiment_id: str, candidates: list[Candidate], metric: Metric) -> None:
+def _log_candidates(
+    client: Any, run_id: str, experiment_id: str, candidates: list[Candidate], metric: Metric,
+    tags: dict[str, str] | None = None,
+) -> None:
     """One nested run per candidate, each written with a single log_batch call."""
     from mlflow.entities import Metric as MlflowMetric
     from mlflow.entities import Param, RunTag
@@ -706,7 +985,8 @@ def _log_candidates(client: Any, run_id: str, experiment_id: str, candidates: li
     for rank, c in enumerate(candidates, start=1):
         child = client.create_run(
             experiment_id,
-            tags={"mlflow.parentRunId": run_id, "mlflow.runName": f"{c.family}-{rank}", "mlops.family": c.family},
+            tags={"mlflow.parentRunId": run_id, "mlflow.runName": f"{c.family}-{rank}", "mlops.family": c.family,
+                  "mlops.candidate.index": str(c.index), **(tags or {})},
         )
         client.log_batch(
             child.info.run_id,
