@@ -208,12 +208,16 @@ class Jobs(pulumi.ComponentResource):
         a = self._args
         policy = None
         if a.oidc is not None:
-            policy = pulumi.Output.all(a.data_bucket_arn, a.artifact_bucket_arn, a.contract.kms_key_arn).apply(
+            policy = pulumi.Output.all(a.data_bucket_arn, a.artifact_bucket_arn, a.contract.kms_key_arn,
+                                       a.capture_bucket_arn).apply(
                 lambda v: json.dumps({"Version": "2012-10-17", "Statement": [
                     *s3_statements(read=[v[0]], write=[v[1]], kms_key_arn=v[2]),
                     # `mlops train` stores the exact dataset it trained on under datasets/<name>/<digest>/.
                     {"Sid": "WriteDatasetVersions", "Effect": "Allow", "Action": ["s3:PutObject"],
                      "Resource": [f"{v[0]}/datasets/*"]},
+                    # A retraining Job reads the newest data the monitor left under monitoring/.
+                    {"Sid": "ReadRetrainingData", "Effect": "Allow", "Action": ["s3:GetObject"],
+                     "Resource": [f"{v[3]}/monitoring/*"]},
                 ]}))
         return self._account(name, TRAINING_ACCOUNT, policy)
 
@@ -280,8 +284,12 @@ class Jobs(pulumi.ComponentResource):
         policy = None
         if a.oidc is not None:
             policy = pulumi.Output.all(a.capture_bucket_arn, a.data_bucket_arn, a.contract.kms_key_arn).apply(
-                lambda v: json.dumps({"Version": "2012-10-17",
-                                      "Statement": s3_statements(read=[v[0], v[1]], kms_key_arn=v[2])}))
+                lambda v: json.dumps({"Version": "2012-10-17", "Statement": [
+                    *s3_statements(read=[v[0], v[1]], kms_key_arn=v[2]),
+                    # The retraining lock, the cooldown record and the retraining data live under monitoring/.
+                    *[{**s, "Sid": f"Monitoring{s['Sid']}"} for s in s3_statements(
+                        write=[v[0]], prefix="monitoring/*", delete=True, kms_key_arn=v[2])],
+                ]}))
         account = self._account(name, MONITORING_ACCOUNT, policy)
         if not retrain_templates:
             return account

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from workloads import retrain_jobs
 from workloads.alerts import AlertOutcome, send_alert
 from workloads.drift import PREDICTION, DriftReport, DriftThresholds, ReferenceProfile, compare
 from workloads.stack import StackOutputs
@@ -680,9 +681,15 @@ def _retrain(
         record = {"time": datetime.now(UTC).isoformat(), "monitor_run_id": monitor_run_id, "owner": lock.owner}
         _record_retrain(s3, outputs.capture_bucket, endpoint, record | {"state": "started"})
         try:
+            newest = _newest_data(reference, labelled, champ)
+            if retrain_jobs.jobs_dir() is not None:  # in the cluster: start the retraining Job(s)
+                uri = _store_newest(s3, outputs.capture_bucket, endpoint, monitor_run_id, newest)
+                names = retrain_jobs.create_jobs(retrain_jobs.jobs_dir(), uri)
+                _record_retrain(s3, outputs.capture_bucket, endpoint, record | {"state": "job_created", "jobs": names})
+                return RetrainOutcome(triggered=True, reason=f"created retraining Job(s) {', '.join(names)} "
+                                                             f"on {len(newest)} rows at {uri}")
             from workloads.train import train
 
-            newest = _newest_data(reference, labelled, champ)
             spec, widened = _widened(_spec(champ, retrain_spec), newest, outputs)
             result = train(spec, outputs, data=newest, progress=False)
         except Exception as exc:  # the training job reports its own failure; the monitor records it
@@ -696,6 +703,15 @@ def _retrain(
                               version=result.version, decision=result.decision, run_id=result.run_id)
     finally:
         lock.release()
+
+
+def _store_newest(s3: Any, bucket: str, endpoint: str, run_id: str, newest: pd.DataFrame) -> str:
+    """The retraining data where the Job can read it (the monitor may write only `monitoring/`)."""
+    key = f"monitoring/{endpoint}/retrain/{run_id}.parquet"
+    buffer = io.BytesIO()
+    newest.to_parquet(buffer, index=False)
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{bucket}/{key}"
 
 
 def _widened(spec: Any, newest: pd.DataFrame, outputs: StackOutputs) -> tuple[Any, str]:
