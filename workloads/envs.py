@@ -163,7 +163,12 @@ class Environments:
         monitors = outputs.get("monitoring_cronjobs") or {}
         if not trainings or not monitors:
             raise EnvError(f"{name}: the stack has no training job or monitoring CronJob to smoke-test")
-        training = next(iter(trainings.values()))
+        job_name, training = next(iter(trainings.items()))
+        if self.s3 is not None:
+            # The shipped specs read s3://{data_bucket}/incoming/<name>.parquet: seed it with sample data.
+            key = f"incoming/{job_name}.parquet"
+            self.log(f"smoke: seeding s3://{outputs['data_bucket']}/{key}")
+            self.s3.put_object(Bucket=outputs["data_bucket"], Key=key, Body=smoke_training_data())
         self.log(f"smoke: training ({training})")
         self.cluster.run_job_from(namespace, training, timeout)
         endpoint = next(iter(monitors))
@@ -225,6 +230,17 @@ class Environments:
             self.backend.remove(name)
         except Exception as exc:
             self.log(f"cleanup of {name} failed: {exc} (the reaper will retry)")
+
+
+def smoke_training_data(rows: int = 2000) -> bytes:
+    """A small labelled sample dataset as Parquet, for the smoke test's training Job."""
+    import io
+
+    from workloads.sample import generate
+
+    buffer = io.BytesIO()
+    generate(rows, seed=0).to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def smoke_payload() -> dict[str, Any]:

@@ -53,7 +53,7 @@ class FakeBackend:
 
     def outputs(self, name):
         self._call("outputs", name)
-        return {"namespace": f"mlops-{name}", "training_jobs": {"churn": "train-churn"},
+        return {"namespace": f"mlops-{name}", "data_bucket": f"mlops-{name}-data", "training_jobs": {"churn": "train-churn"},
                 "monitoring_cronjobs": {"churn": "monitor-churn"}}
 
     def destroy(self, name):
@@ -123,6 +123,21 @@ def test_smoke_trains_predicts_then_monitors() -> None:
     envs(FakeBackend(), cluster).smoke("ci-1")
     assert cluster.calls == [("job", "mlops-ci-1", "train-churn"), ("predict", "mlops-ci-1", "serve-churn"),
                              ("job", "mlops-ci-1", "monitor-churn")]
+
+
+def test_smoke_seeds_the_training_data_first() -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        backend = FakeBackend()
+        bucket = backend.outputs("ci-1")["data_bucket"]
+        s3.create_bucket(Bucket=bucket)
+        cluster = FakeCluster()
+        envs(backend, cluster, s3=s3).smoke("ci-1")
+        body = s3.get_object(Bucket=bucket, Key="incoming/churn.parquet")["Body"].read()
+    assert body[:4] == b"PAR1" and cluster.calls[0] == ("job", "mlops-ci-1", "train-churn")
 
 
 def test_smoke_fails_on_an_answer_without_predictions() -> None:
