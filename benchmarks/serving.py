@@ -1,7 +1,7 @@
 """Benchmark: serving throughput and latency (issue 7, benchmark 2).
 
     .venv/bin/python -m benchmarks.serving                    # 30 s per cell, 2 workers
-    .venv/bin/python -m benchmarks.serving --quick            # 2 s per cell, 1-row at concurrency 8 only
+    .venv/bin/python -m benchmarks.serving --quick            # 2 s per cell, 1-row requests only
 
 One registered model (scaler + one-hot + logistic regression on 20 numeric and 1 categorical
 feature) on a throwaway local stack, served by (a) `mlops serve` with capture, (b) `mlops serve`
@@ -157,16 +157,16 @@ def wrk(url: str, body: str, concurrency: int, seconds: float, tmp: Path) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=30, help="seconds per cell")
+    parser.add_argument("--duration", type=float, help="seconds per cell [default: 30, 2 with --quick]")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="2 s per cell, 1-row requests at concurrency 8")
+    parser.add_argument("--quick", action="store_true", help="2 s per cell, 1-row requests at concurrency 8 and 32")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
-    duration = 2 if args.quick else args.duration
-    cells = [(1, 8)] if args.quick else [(1, 8), (1, 32), (100, 8), (100, 32)]
+    duration = args.duration or (2 if args.quick else 30)
+    cells = [(1, 8), (1, 32)] if args.quick else [(1, 8), (1, 32), (100, 8), (100, 32)]
     print(describe(["mlflow", "scikit-learn", "uvicorn", "starlette", "pandas", "numpy", "prometheus-client"]))
     print(f"wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}; "
           f"{args.workers} worker(s) per server; {duration:g} s per cell")
@@ -210,6 +210,21 @@ def main(argv: list[str] | None = None) -> int:
               f"(with capture {cap['rps'] / stock['rps']:.1f}x; capture costs "
               f"{100 * (1 - cap['rps'] / ours['rps']):.0f}% of throughput)")
     print(f"predictions identical across servers (100-row request, response bytes): {identical}")
+    # Issue 7's serving targets, from the cells above (same machine, same worker count).
+    c32, c8 = (by[(k, 1, 32)] for k in ("ours", "stock")), (by[(k, 1, 8)] for k in ("ours", "stock"))
+    (ours32, stock32), (ours8, stock8) = c32, c8
+    capture_cost = max(1 - by[("ours+capture", 1, c)]["rps"] / by[("ours", 1, c)]["rps"] for c in (8, 32))
+    errors = sum(r["errors"] for r in results if r["server"] != "stock")
+    for label, met in [
+        (f"1-row at concurrency 32 >= 10x stock req/s: {ours32['rps'] / stock32['rps']:.1f}x",
+         ours32["rps"] >= 10 * stock32["rps"]),
+        (f"1-row p99 at concurrency 8 <= stock's: {ours8['p99_ms']:.1f} vs {stock8['p99_ms']:.1f} ms",
+         ours8["p99_ms"] <= stock8["p99_ms"]),
+        (f"capture costs <= 10% of 1-row throughput: at most {100 * capture_cost:.0f}%", capture_cost <= 0.10),
+        (f"zero errors from ours: {errors}", errors == 0),
+        (f"identical predictions: {identical}", identical),
+    ]:
+        print(f"target {'met    ' if met else 'NOT met'}  {label}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "identical": identical}, indent=2))
     return 0 if identical else 1

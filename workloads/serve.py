@@ -88,7 +88,11 @@ class LoadedModel:
     def load(cls, name: str, alias: str, version: str, run_id: str | None) -> LoadedModel:
         import mlflow.pyfunc
 
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        return cls.of(mlflow.pyfunc.load_model(f"models:/{name}/{version}"), name, alias, version, run_id)
+
+    @classmethod
+    def of(cls, model: Any, name: str, alias: str, version: str, run_id: str | None = None) -> LoadedModel:
+        """Wrap an already loaded pyfunc model."""
         meta = model.metadata
         typed = meta._is_signature_from_type_hint() or meta._is_type_hint_from_example()
         # What PyFuncModel._predict calls after enforcing the schema (read from mlflow's source):
@@ -522,6 +526,9 @@ class Metrics:
         self.model_info = Gauge("mlops_model_version_info", "The model version being served (value 1)",
                                 ["model", "alias", "version"], registry=self.registry)
         self.ready = Gauge("mlops_model_ready", "1 when a model version is loaded", registry=self.registry)
+        paths = Counter("mlops_serving_path_requests", "Scoring requests by path: fast (batch-parsed) or mlflow "
+                        "(MLflow's per-request parsing)", ["path"], registry=self.registry)
+        self.fast_path, self.mlflow_path = paths.labels("fast"), paths.labels("mlflow")
         self._by_status: dict[int, Any] = {}
         if capture is not None:
             self.registry.register(_CaptureCollector(capture))
@@ -599,18 +606,22 @@ def create_app(config: ServeConfig | None = None) -> Any:
             reason += f" ({holder.last_error})"
         return _error(503, "TEMPORARILY_UNAVAILABLE", reason)
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(receive: Any, declared: str | None) -> bytes:
         limit = config.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise _error(413, "RESOURCE_EXHAUSTED", f"request body of {declared} bytes exceeds the limit of {limit}")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _error(400, "BAD_REQUEST", "the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _error(413, "RESOURCE_EXHAUSTED", f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def fast_path(model: LoadedModel, body: bytes, content_type: str | None, request_id: str) -> str | None:
         """The response body, or None when the request needs the MLflow path."""
@@ -652,25 +663,36 @@ def create_app(config: ServeConfig | None = None) -> Any:
             capture.record(request_id, model.name, model.version, data, predictions)
         return content
 
-    async def invocations(request: Request) -> Response:
+    async def invocations(scope: dict, receive: Any, send: Any) -> None:
+        """/invocations as a bare ASGI handler: Starlette's router and middleware cost more than the fast path."""
+        if scope["method"] != "POST":
+            await _send(send, 405, b"Method Not Allowed", "text/plain", [(b"allow", b"POST")])
+            return
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        wanted = {b"x-request-id": None, b"content-type": None, b"content-length": None}
+        for key, value in scope["headers"]:  # names arrive lower-cased; the first occurrence wins
+            if key in wanted and wanted[key] is None:
+                wanted[key] = value.decode("latin-1")
+        request_id = wanted[b"x-request-id"] or str(uuid.uuid4())
+        headers = [(b"x-request-id", request_id.encode("latin-1"))]
+        status, media_type = 200, "application/json"
         model = holder.current
-        headers = {"X-Request-Id": request_id}
         try:
             if model is None:
                 raise not_ready()
-            headers["X-Model-Version"] = model.version
-            body = await read_body(request)
-            content_type = request.headers.get("content-type")
+            headers.append((b"x-model-version", model.version.encode()))
+            body = await read_body(receive, wanted[b"content-length"])
+            content_type = wanted[b"content-type"]
             content = await fast_path(model, body, content_type, request_id)
             if content is None:
+                metrics.mlflow_path.inc()
                 content = await mlflow_path(model, body, content_type, request_id)
-            response = Response(content, 200, headers=headers, media_type="application/json")
+            else:
+                metrics.fast_path.inc()
         except _Reject as r:
-            response = Response(r.body, r.status, headers=headers, media_type=r.media_type)
-        metrics.observe_request(response.status_code, time.perf_counter() - started)
-        return response
+            status, content, media_type = r.status, r.body, r.media_type
+        await _send(send, status, content.encode(), media_type, headers)
+        metrics.observe_request(status, time.perf_counter() - started)
 
     async def ping(request: Request) -> Response:
         if holder.current is None:
@@ -736,16 +758,33 @@ def create_app(config: ServeConfig | None = None) -> Any:
                 await asyncio.to_thread(capture.close)
 
     routes = [
-        Route("/invocations", invocations, methods=["POST"]),
         Route("/ping", ping, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
         Route("/reload", reload, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.holder, app.state.capture, app.state.metrics = holder, capture, metrics
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    starlette.state.holder, starlette.state.capture, starlette.state.metrics = holder, capture, metrics
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/invocations":
+            await invocations(scope, receive, send)
+        else:
+            await starlette(scope, receive, send)
+
+    app.state = starlette.state  # type: ignore[attr-defined]
     return app
+
+
+async def _send(send: Any, status: int, body: bytes, media_type: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """One complete HTTP response over ASGI, with the headers Starlette's Response would write."""
+    if media_type.startswith("text/"):
+        media_type += "; charset=utf-8"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", media_type.encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def run(config: ServeConfig) -> None:

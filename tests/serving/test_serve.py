@@ -103,8 +103,9 @@ class Endpoint:
         raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def metric(self, name: str) -> float:
+        """A metric's value; `name` may carry labels, e.g. 'x_total{path="fast"}'."""
         for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
                 return float(line.rsplit(" ", 1)[1])
         raise AssertionError(f"metric {name} not exposed")
 
@@ -243,6 +244,9 @@ def test_all_formats_match_in_process_under_concurrency(which, bootstrapped, unb
         assert r.headers["X-Model-Version"] == v1
         got = np.asarray(r.json()["predictions"])
         np.testing.assert_allclose(got, expected[s:s + n], rtol=0, atol=1e-12, err_msg=fmt)
+    # The JSON shapes took the fast path, CSV MLflow's per-request path.
+    assert ep.metric('mlops_serving_path_requests_total{path="fast"}') >= 160
+    assert ep.metric('mlops_serving_path_requests_total{path="mlflow"}') >= 40
     if which == "batched":
         # Concurrency made some predict calls carry more than one request.
         text = ep.client.get("/metrics").text
