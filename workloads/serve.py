@@ -214,7 +214,7 @@ class FastSchema:
         """The request's columns, or None when it is not the common case."""
         try:
             payload = json.loads(body)
-        except ValueError:  # includes invalid UTF-8
+        except (ValueError, RecursionError):  # invalid JSON or UTF-8, or nested too deep
             return None
         if type(payload) is not dict or len(payload) != 1:  # params, two format keys, LLM input...
             return None
@@ -456,6 +456,7 @@ def _error(status: int, error_code: str, message: str) -> _Reject:
 def parse_request(body: bytes, content_type: str | None, model: LoadedModel) -> tuple[Any, dict | None, bool]:
     """(data, params, unified_llm) from a request, with MLflow's own parsers and messages."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
     from mlflow.pyfunc import scoring_server as ss
     from mlflow.utils.proto_json_utils import MlflowInvalidInputException
 
@@ -490,7 +491,8 @@ def parse_request(body: bytes, content_type: str | None, model: LoadedModel) -> 
     except MlflowException:
         raise
     except Exception as exc:  # anything else a parser raises is still the payload's fault
-        raise MlflowException(f"Failed to parse the request body: {exc}", error_code="BAD_REQUEST") from None
+        # error_code takes the proto enum: the string "BAD_REQUEST" would turn into a 500.
+        raise MlflowException(f"Failed to parse the request body: {exc}", error_code=BAD_REQUEST) from None
     raise _Reject(415, f"This predictor only supports the following content types: Types: {ss.CONTENT_TYPES}. "
                        f"Got '{content_type}'.", "text/plain")
 

@@ -281,6 +281,7 @@ BAD = [
     ("wrong types", json.dumps({"dataframe_records": [{**{c: "abc" for c in NUMERIC}, "plan": "pro"}]}).encode(),
      "application/json", 400),
     ("nested garbage", json.dumps({"inputs": {"x00": [[[[1]]]]}}).encode(), "application/json", 400),
+    ("nested too deep for json", b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", 400),
     ("not utf-8", b"\xff\xfe\xfa", "text/csv", 400),
     ("wrong content type", b"hello", "text/plain", 415),
     ("bad charset", b"{}", "application/json; charset=latin-1", 415),
