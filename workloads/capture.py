@@ -190,7 +190,17 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.endpoint}", daemon=True)
         self._thread.start()
 
+    def _warm_up(self) -> None:
+        """Pay the one-off costs (pyarrow's Parquet writer, botocore's service model) now, not in the
+        middle of serving traffic; and say early when the capture bucket is unreachable."""
+        try:
+            pd.DataFrame({"x": [0.0]}).to_parquet(io.BytesIO(), index=False)
+            self._s3.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            log.warning("capture: s3://%s not reachable yet (%s); records stay buffered until it is", self.bucket, exc)
+
     def _run(self) -> None:
+        self._warm_up()
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
