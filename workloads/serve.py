@@ -2,10 +2,12 @@
 
 Clients see MLflow's scoring server (`mlflow.pyfunc.scoring_server`): the same routes, the same
 input parsing and schema enforcement (MLflow's own functions), the same response bytes and
-error bodies. What differs is speed: each request is parsed and validated on the event loop,
-then concurrent requests are coalesced into one `predict` call on a single predictor thread
-(while it is busy the next batch forms, so an idle server adds no wait), and results are split
-back per request. A batch that fails is retried request by request so only the culprit fails.
+error bodies. What differs is speed: concurrent requests are coalesced into one `predict` call
+on a single predictor thread (while it is busy the next batch forms, so an idle server adds no
+wait), and results are split back per request. Common JSON requests take a fast path (only
+json.loads and a pure-Python name/type check per request; one DataFrame and one MLflow schema
+enforcement per batch); everything else is parsed and validated per request with MLflow's own
+functions. A batch that fails is retried request by request so only the culprit fails.
 
 Endpoints: POST /invocations, GET /ping (readiness), /health (liveness), /version (JSON),
 /metrics (Prometheus; per worker process), POST /reload (also SIGHUP).
