@@ -233,15 +233,17 @@ def run(workdir: Path = DEFAULT_WORKDIR, sizes: Sizes | None = None, *, down: bo
         t0 = time.monotonic()
         served = endpoint.reload()
         step("reload", f"the endpoint serves v{served.get('version')}", t0, version=served)
+
+        from mlflow.tracking import MlflowClient
+
+        # Read while the stack is still up: `--down` stops it below.
+        champion = MlflowClient(outputs.tracking_uri).get_model_version_by_alias(spec.name, "champion").version
     finally:
         if endpoint is not None:
             endpoint.stop()
         if down:
             stack.down()
 
-    from mlflow.tracking import MlflowClient
-
-    champion = MlflowClient(outputs.tracking_uri).get_model_version_by_alias(spec.name, "champion").version
     retraining = second_window.retraining
     summary = Summary(
         workdir=str(workdir), tracking_url=outputs.tracking_url or outputs.tracking_uri, endpoint_url=endpoint.url,

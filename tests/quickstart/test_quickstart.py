@@ -18,8 +18,10 @@ pytestmark = pytest.mark.servers
 
 def test_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
     workdir = tmp_path / "quickstart"
-    summary = run(workdir, Sizes(train_rows=1500, window_rows=300, rows_per_request=15, seed=3),
+    summary = run(workdir, Sizes(train_rows=1500, window_rows=300, rows_per_request=15, seed=3), down=True,
                   console=Console(file=open(os.devnull, "w")))
+    # `--down`, as in the README's main command: nothing of ours is left running
+    assert LocalStack(workdir).status()["running"] is False
     try:
         written = json.loads((workdir / "summary.json").read_text())
         assert written == json.loads(summary.model_dump_json())
@@ -37,7 +39,7 @@ def test_quickstart_runs_the_whole_loop(tmp_path: Path) -> None:
         retrained = written["versions"]["retrained"]
         assert retrained["triggered"] is True and retrained["version"] == "2"
         assert retrained["decision"] in ("champion", "challenger")
-        outputs = LocalStack(workdir).up()
+        outputs = LocalStack(workdir).up()  # everything is still there after down/up
         client = MlflowClient(outputs.tracking_uri)
         assert client.get_model_version("churn", "2").tags["mlops.decision"] == retrained["decision"]
         # the endpoint served the alias's current version after the reload
