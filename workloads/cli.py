@@ -8,6 +8,7 @@ Commands are grouped by concept; each group's options live next to it here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -195,6 +196,16 @@ def train(
         raise typer.Exit(3) from None
     except TrainingError as exc:
         err_console.print(f"[red]training failed[/red] {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # a server went away mid-run: one line, not a traceback wall
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException | OSError) and "botocore" not in type(exc).__module__:
+            raise
+        where = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        err_console.print(f"[red]training failed, nothing registered[/red]: {type(exc).__name__} talking to "
+                          f"{where} or its artifact store: {first_line}")
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

@@ -132,11 +132,6 @@ def test_rerun_after_restart_succeeds(outage: Outage) -> None:
         result["dataset_digest"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workloads/cli.py `train` catches only SpecError/StackError/DataError/DataValidationError: an "
-    "MlflowException from a dead tracking server escapes to typer, which prints a ~100-line rich traceback "
-    "(from ActiveRun.__exit__ -> set_terminated) instead of one line saying the tracking server is "
-    "unreachable and nothing was registered"))
 def test_cli_says_what_failed_without_a_traceback(outage: Outage) -> None:
     stderr = outage.killed.stderr
     assert outage.killed.returncode == 1
