@@ -9,7 +9,9 @@ I/O, no DataFrame building); a background thread turns the buffer into Parquet f
 one row per scored input row: the model's input columns plus `_request_id`, `_row`, `_ts`
 (UTC), `_model_name`, `_model_version` and `_prediction`. Capture never fails or slows a
 request: the buffer is bounded (records beyond it are dropped and counted), S3 errors are
-counted and the records kept for the next flush (still within the bound).
+counted and the records kept for the next flush (still within the bound). A string column that
+also received other JSON values (MLflow's schema accepts them) is written as strings, so one odd
+request never costs the others their capture.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,27 @@ def records_to_frame(records: list[_Record]) -> pd.DataFrame:
     table["_model_version"] = np.repeat(np.array([rec.model_version for rec in records], dtype=object), per_record)
     table["_prediction"] = [v for rec in records for v in _prediction_column(rec.predictions, rec.rows)]
     return table
+
+
+def to_arrow(table: pd.DataFrame) -> pa.Table:
+    """The capture table as Arrow, keeping every row.
+
+    MLflow's schema lets any JSON value into a string column (1.5, true, 10**22 all score), so an
+    object column can mix strings with other values, which Parquet cannot store. Such a column is
+    written as strings (missing values stay null) instead of costing the whole flush its records.
+    """
+    try:
+        return pa.Table.from_pandas(table, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        pass
+    fixed = table.copy()
+    for name in fixed.select_dtypes(include="object").columns:
+        try:
+            pa.array(fixed[name], from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            fixed[name] = [v if v is None or isinstance(v, str) or (isinstance(v, float) and v != v) else str(v)
+                           for v in fixed[name]]
+    return pa.Table.from_pandas(fixed, preserve_index=False)
 
 
 class CaptureWriter:
@@ -194,7 +219,7 @@ class CaptureWriter:
         """Pay the one-off costs (pyarrow's Parquet writer, botocore's service model) now, not in the
         middle of serving traffic; and say early when the capture bucket is unreachable."""
         try:
-            pd.DataFrame({"x": [0.0]}).to_parquet(io.BytesIO(), index=False)
+            pq.write_table(to_arrow(pd.DataFrame({"x": [0.0], "s": ["a"]})), io.BytesIO())
             self._s3.head_bucket(Bucket=self.bucket)
         except Exception as exc:
             log.warning("capture: s3://%s not reachable yet (%s); records stay buffered until it is", self.bucket, exc)
@@ -223,7 +248,7 @@ class CaptureWriter:
                 key = f"{capture_prefix(self.endpoint)}dt={hour:%Y-%m-%d}/hour={hour:%H}/{uuid.uuid4().hex}.parquet"
                 try:
                     buf = io.BytesIO()
-                    records_to_frame(recs).to_parquet(buf, index=False)
+                    pq.write_table(to_arrow(records_to_frame(recs)), buf)
                 except Exception:
                     # A table that cannot be built never will be: drop it rather than retry forever.
                     log.exception("capture: could not build the capture table; dropping %d requests", len(recs))

@@ -201,3 +201,36 @@ def test_batch_capture_record_numbers_rows_per_request():
     assert list(table["_row"]) == [0, 1, 0, 0, 1, 2, 0]
     assert list(table["_prediction"]) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5]
     assert writer.stats.buffered_rows == 7 and writer.stats.records_dropped == 6  # its input rows
+
+
+class _MemoryS3:
+    """Just enough of an S3 client for CaptureWriter.flush: keeps what was put."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:  # noqa: N803 - boto3's names
+        self.objects[Key] = Body
+
+
+def test_odd_values_in_a_string_column_cost_no_other_request_its_capture():
+    """MLflow's schema lets 1.5, null, true or 10**22 into a string column; every row is still written."""
+    import io
+
+    s3 = _MemoryS3()
+    writer = CaptureWriter(s3=s3, bucket="b", endpoint="e")
+    ts = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    odd = ["pro", 1.5, None, True, 10**22, "basic"]
+    for i, value in enumerate(odd):
+        frame = make_data(1, i)
+        frame["plan"] = pd.Series([value], dtype=object)
+        assert writer.record(f"r{i}", "m", "7", frame, np.array([i / 10]), ts=ts)
+    assert writer.flush() == len(odd)
+    assert writer.stats.records_dropped == 0 and writer.stats.buffered_rows == 0
+    ((key, body),) = s3.objects.items()
+    assert key.startswith("captures/e/dt=2026-01-02/hour=03/") and key.endswith(".parquet")
+    table = pd.read_parquet(io.BytesIO(body))
+    assert list(table["_request_id"]) == [f"r{i}" for i in range(len(odd))]
+    assert list(table["plan"].iloc[[0, 1, 3, 4, 5]]) == ["pro", "1.5", "True", str(10**22), "basic"]
+    assert pd.isna(table["plan"].iloc[2])
+    assert list(table["_prediction"]) == [i / 10 for i in range(len(odd))]
