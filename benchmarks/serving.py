@@ -141,19 +141,65 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk(url: str, body: str, concurrency: int, seconds: float, tmp: Path) -> dict:
+def group_cpu_seconds(pgid: int | None) -> float:
+    """CPU time (user + system) of the live processes of one process group, from /proc."""
+    if pgid is None:
+        return 0.0
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process just exited
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ..., utime, stime
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def connection_split(port: str) -> str:
+    """How the client's connections are spread over the server's worker processes, e.g. "5/3".
+
+    Workers share one listening socket and a worker accepts every connection waiting, so a burst
+    of new connections often lands on one worker: throughput then differs run to run for reasons
+    that have nothing to do with the server's code. Printed so the table can be read fairly."""
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return "/".join(str(n) for n in sorted(counts.values(), reverse=True)) or "?"
+
+
+def wrk(url: str, body: str, concurrency: int, seconds: float, tmp: Path,
+        cpu_groups: dict[str, int | None] | None = None) -> dict:
+    """One wrk run; with `cpu_groups` also the CPU seconds each process group used meanwhile."""
     script = tmp / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = {json.dumps(body)}\n")
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--latency",
-                          "-s", str(script), f"{url}/invocations"], capture_output=True, text=True, check=True).stdout
+    cpu_groups = cpu_groups or {}
+    before = {k: group_cpu_seconds(g) for k, g in cpu_groups.items()}
+    seconds = max(1, round(seconds))
+    proc = subprocess.Popen(["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
+                             "-s", str(script), f"{url}/invocations"], stdout=subprocess.PIPE, text=True)
+    time.sleep(seconds / 2)
+    split = connection_split(url.rsplit(":", 1)[1])
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}")
+    cpu = {k: group_cpu_seconds(g) - before[k] for k, g in cpu_groups.items()}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors, "requests": requests, "split": split,
+            "server_cpu_ms_per_1k": 1e6 * cpu.get("server", 0.0) / max(requests, 1),
+            "s3_cpu_s": cpu.get("s3", 0.0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                                                headers={"Content-Type": "application/json"}).text
                     # Warm every worker up (first predict calls, lazy imports) before measuring.
                     wrk(url, body_for(1), 32, min(3, duration), tmp)
+                s3_pid = stack.status()["components"]["s3"]["pid"]
+                groups = {kind: {"server": proc.pid, "s3": s3_pid and os.getpgid(s3_pid)}
+                          for kind, proc in zip(urls, procs, strict=True)}
                 for rows, conc in cells:
                     for kind, url in urls.items():
-                        r = wrk(url, body_for(rows), conc, duration, tmp)
+                        r = wrk(url, body_for(rows), conc, duration, tmp, groups[kind])
                         results.append({"server": kind, "rows": rows, "concurrency": conc, **r})
             finally:
                 for proc in procs:
@@ -209,16 +258,22 @@ def main(argv: list[str] | None = None) -> int:
             stack.down(snapshot=False)
 
     identical = len(set(answers.values())) == 1
-    print(f"\n{'server':14s} {'rows':>5s} {'conc':>5s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s}")
+    print(f"\n{'server':14s} {'rows':>5s} {'conc':>5s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s} "
+          f"{'conns':>6s} {'cpu ms/1k req':>14s} {'s3 cpu s':>9s}")
     for r in results:
         print(f"{r['server']:14s} {r['rows']:5d} {r['concurrency']:5d} {r['rps']:10.1f} {r['p50_ms']:9.2f} "
-              f"{r['p99_ms']:9.2f} {r['errors']:7d}")
+              f"{r['p99_ms']:9.2f} {r['errors']:7d} {r['split']:>6s} {r['server_cpu_ms_per_1k']:14.0f} "
+              f"{r['s3_cpu_s']:9.2f}")
+    print("conns: the client's connections per worker process; cpu: the server's processes, per 1,000 "
+          "requests; s3 cpu: the S3 server (moto) meanwhile")
     by = {(r["server"], r["rows"], r["concurrency"]): r for r in results}
     for rows, conc in cells:
         ours, stock, cap = by[("ours", rows, conc)], by[("stock", rows, conc)], by[("ours+capture", rows, conc)]
         print(f"{rows}-row at concurrency {conc}: ours {ours['rps'] / stock['rps']:.1f}x stock req/s "
               f"(with capture {cap['rps'] / stock['rps']:.1f}x; capture costs "
-              f"{100 * (1 - cap['rps'] / ours['rps']):.0f}% of throughput)")
+              f"{100 * (1 - cap['rps'] / ours['rps']):.0f}% of throughput, "
+              f"{cap['server_cpu_ms_per_1k'] - ours['server_cpu_ms_per_1k']:+.0f} ms server CPU per 1k requests, "
+              f"{cap['s3_cpu_s'] - ours['s3_cpu_s']:+.2f} s S3 CPU)")
     print(f"predictions identical across servers (100-row request, response bytes): {identical}")
     # Issue 7's serving targets, from the cells above (same machine, same worker count).
     c32, c8 = (by[(k, 1, 32)] for k in ("ours", "stock")), (by[(k, 1, 8)] for k in ("ours", "stock"))
