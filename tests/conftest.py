@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,24 @@ from workloads.local import LocalStack
 from workloads.stack import StackOutputs
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment() -> Iterator[None]:
+    """Undo what a test's workload calls leave behind: `apply_env()` and `mlflow.set_tracking_uri`.
+
+    Workloads point the process at their stack (that is their job); a test that runs one against
+    its own short-lived stack must not leave the next test talking to a server that is gone.
+    """
+    saved_env = dict(os.environ)
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    saved_uri = tracking._tracking_uri if tracking else None
+    yield
+    os.environ.clear()
+    os.environ.update(saved_env)
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if tracking is not None:
+        tracking._tracking_uri = saved_uri  # private, but the only way to unset a set_tracking_uri
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 # mlflow's client retries a dead server 7 times with backoff factor 2: minutes per call before
-# a job fails. Fail within ~15 s instead (still rides out a tracking-server restart); overridable.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+# a job fails. Fail within ~30 s instead (still rides out a tracking-server restart); overridable.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
