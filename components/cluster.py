@@ -271,6 +271,9 @@ class Cluster(pulumi.ComponentResource):
         policy = caller.account_id.apply(lambda account: json.dumps(autoscaler_policy(env.region, account, cluster_name)))
         role = irsa_role(f"{name}-autoscaler", env, self.oidc, AUTOSCALER_NAMESPACE, AUTOSCALER_SERVICE_ACCOUNT,
                          policy=policy, parent=self)
+        if role is None:
+            # Only reached in cluster mode "create", which builds the OIDC provider on AWS.
+            raise ValueError(f"{name}: the cluster-autoscaler needs an IRSA role (cluster mode 'create' on AWS)")
         k8s.helm.v3.Release(
             f"{name}-autoscaler",
             name="cluster-autoscaler",

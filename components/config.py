@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
 PROJECT = "mlops-platform"
 
@@ -418,7 +419,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return path or "(root)"
 
 
-def _explain(error: dict[str, Any]) -> str:
+def _explain(error: ErrorDetails) -> str:
     ctx = error.get("ctx") or {}
     kind = error["type"]
     if kind == "greater_than_equal":

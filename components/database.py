@@ -54,7 +54,7 @@ class Database(pulumi.ComponentResource):
             host = self._rds(name, args, password)
         self.endpoint = pulumi.Output.concat(host, ":", str(PORT))
         # Name the driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, the image ships psycopg2.
-        uri = pulumi.Output.secret(pulumi.Output.concat(
+        uri: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
             "postgresql+psycopg2://", USERNAME, ":", password, "@", host, ":", str(PORT), "/", DATABASE,
             "" if env.in_cluster_database else "?sslmode=require"))
         self.uri = uri

@@ -9,6 +9,7 @@ is no IAM: `irsa_role` returns None and workloads use the MinIO credentials Secr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ def trust_policy(provider_arn: str, provider_url: str, namespace: str, service_a
     })
 
 
-def s3_statements(*, read: list[str] = (), write: list[str] = (), kms_key_arn: str | None = None,
+def s3_statements(*, read: Sequence[str] = (), write: Sequence[str] = (), kms_key_arn: str | None = None,
                   prefix: str = "*", delete: bool = False) -> list[dict[str, Any]]:
     """Least-privilege S3 (+ KMS) statements on specific bucket ARNs."""
     statements: list[dict[str, Any]] = []

@@ -302,8 +302,12 @@ def _run_program(stack_name: str, flat: dict[str, str], secret_keys: list[str], 
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack_name, preview=False, monitor=monitor)
         root = pulumi_settings.get_root_resource()
         program = str(ROOT / "__main__.py")
+
+        def run_program() -> None:
+            runpy.run_path(program, run_name="__main__")
+
         try:
-            loop.run_until_complete(run_pulumi_func(lambda: runpy.run_path(program, run_name="__main__")))
+            loop.run_until_complete(run_pulumi_func(run_program))
         except Exception as exc:
             # Callers (and tests) can see what had been registered before the program failed.
             exc.registered_resources = list(monitor.registered)  # type: ignore[attr-defined]

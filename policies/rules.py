@@ -177,7 +177,7 @@ def required_tags(args: Any, report: Report) -> None:
     """Every AWS resource carries owner, cost-center and environment: its provider's default tags or its own."""
     if args.resource_type.startswith("pulumi:providers:") or not args.resource_type.startswith("aws:"):
         return
-    provider_tags = {}
+    provider_tags: dict[str, Any] = {}
     if args.provider is not None:
         # Provider inputs arrive JSON-encoded on the wire.
         provider_tags = _document((args.provider.props or {}).get("defaultTags")).get("tags") or {}

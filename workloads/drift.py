@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -130,15 +130,15 @@ class ReferenceProfile:
     # Stored as a plain .npz (no pickle): arrays by position, names and metadata as JSON.
     def to_bytes(self) -> bytes:
         arrays: dict[str, np.ndarray] = {}
-        header = {"n_rows": self.n_rows, "meta": self.meta, "numeric": [], "categorical": []}
+        header: dict[str, Any] = {"n_rows": self.n_rows, "meta": self.meta, "numeric": [], "categorical": []}
         for i, (name, p) in enumerate(self.numeric.items()):
             header["numeric"].append({"name": name, "null_rate": p.null_rate})
             arrays[f"num{i}_sorted"], arrays[f"num{i}_edges"] = p.sorted_values, p.edges
-        for i, (name, p) in enumerate(self.categorical.items()):
-            header["categorical"].append({"name": name, "null_rate": p.null_rate})
-            arrays[f"cat{i}_categories"], arrays[f"cat{i}_counts"] = p.categories.astype(str), p.counts
+        for i, (name, c) in enumerate(self.categorical.items()):
+            header["categorical"].append({"name": name, "null_rate": c.null_rate})
+            arrays[f"cat{i}_categories"], arrays[f"cat{i}_counts"] = c.categories.astype(str), c.counts
         buffer = io.BytesIO()
-        np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
+        np.savez(buffer, allow_pickle=False, header=np.array(json.dumps(header)), **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -203,7 +203,8 @@ def compare(
     if missing:
         raise KeyError(f"current data lacks reference columns: {', '.join(missing)}")
     n = len(current)
-    jobs = [(name, p, current[name]) for name, p in profile.numeric.items()]
+    jobs: list[tuple[str, NumericProfile | CategoricalProfile, pd.Series]] = [
+        (name, p, current[name]) for name, p in profile.numeric.items()]
     jobs += [(name, p, current[name]) for name, p in profile.categorical.items()]
     if prediction_profile is not None and PREDICTION in current.columns and PREDICTION in prediction_profile.numeric:
         jobs.append((PREDICTION, prediction_profile.numeric[PREDICTION], current[PREDICTION]))

@@ -310,9 +310,10 @@ class KubectlCluster:
     """The cluster through `kubectl` (its current context is the shared dev cluster)."""
 
     def __init__(self) -> None:
-        self.kubectl = shutil.which("kubectl")
-        if self.kubectl is None:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
             raise EnvError("kubectl is not installed; smoke tests and namespace leak checks need it")
+        self.kubectl = kubectl
 
     def _run(self, *args: str, timeout: float = 120) -> str:
         proc = subprocess.run([self.kubectl, *args], capture_output=True, text=True, timeout=timeout, check=False)

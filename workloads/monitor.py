@@ -516,7 +516,8 @@ def _figure_png(name: str, profile: ReferenceProfile, current: pd.Series) -> byt
         cur = cur[~np.isnan(cur)]
         both = np.concatenate([ref[[0, -1]], [cur.min(), cur.max()] if len(cur) else []])
         lo, hi = both.min(), both.max()
-        bins = np.linspace(lo, hi, 31) if hi > lo else 10
+        # A list, not the array: matplotlib's stubs type `bins` as int | Sequence[float] | str.
+        bins = np.linspace(lo, hi, 31).tolist() if hi > lo else 10
         ax.hist(ref, bins=bins, density=True, alpha=0.5, label=f"reference (n={len(ref)})")
         ax.hist(cur, bins=bins, density=True, alpha=0.5, label=f"current (n={len(cur)})")
     else:
@@ -682,9 +683,10 @@ def _retrain(
         _record_retrain(s3, outputs.capture_bucket, endpoint, record | {"state": "started"})
         try:
             newest = _newest_data(reference, labelled, champ)
-            if retrain_jobs.jobs_dir() is not None:  # in the cluster: start the retraining Job(s)
+            jobs_dir = retrain_jobs.jobs_dir()
+            if jobs_dir is not None:  # in the cluster: start the retraining Job(s)
                 uri = _store_newest(s3, outputs.capture_bucket, endpoint, monitor_run_id, newest)
-                names = retrain_jobs.create_jobs(retrain_jobs.jobs_dir(), uri)
+                names = retrain_jobs.create_jobs(jobs_dir, uri)
                 _record_retrain(s3, outputs.capture_bucket, endpoint, record | {"state": "job_created", "jobs": names})
                 return RetrainOutcome(triggered=True, reason=f"created retraining Job(s) {', '.join(names)} "
                                                              f"on {len(newest)} rows at {uri}")

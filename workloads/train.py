@@ -913,6 +913,7 @@ def select(
     group = group or default_group(spec, prep.digest)
     client = MlflowClient()
     deadline = time.monotonic() + timeout
+    finished: dict[int, Any]
     while True:
         experiment = client.get_experiment_by_name(spec.experiment or spec.name)
         if experiment is None:
