@@ -302,7 +302,7 @@ def serve(
     capture: bool = typer.Option(True, "--capture/--no-capture", help="Write inputs and outputs to S3."),
     endpoint_name: str | None = typer.Option(None, "--endpoint-name", help="Capture prefix (default: the model name)."),
     capture_flush_seconds: float = typer.Option(10.0, "--capture-flush-seconds", min=0.01),
-    capture_batch_rows: int = typer.Option(5000, "--capture-batch-rows", min=1, help="Flush at this many rows."),
+    capture_batch_rows: int = typer.Option(50_000, "--capture-batch-rows", min=1, help="Flush at this many rows."),
     capture_max_buffer_rows: int = typer.Option(100_000, "--capture-max-buffer-rows", min=1,
                                                 help="Rows kept in memory; beyond, records are dropped."),
     poll_seconds: float = typer.Option(30.0, "--poll-seconds", min=0, help="Check the alias; 0 disables."),

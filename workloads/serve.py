@@ -54,7 +54,7 @@ class ServeConfig(BaseModel):
     capture: bool = True
     endpoint_name: str | None = None
     capture_flush_seconds: float = Field(10.0, gt=0)
-    capture_batch_rows: int = Field(5000, ge=1)
+    capture_batch_rows: int = Field(50_000, ge=1)
     capture_max_buffer_rows: int = Field(100_000, ge=1)
     poll_seconds: float = Field(30.0, ge=0, description="alias polling; 0 disables")
     bootstrap_poll_seconds: float = Field(5.0, gt=0, description="registry polling until the alias resolves")

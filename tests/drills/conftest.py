@@ -56,6 +56,8 @@ def drill_endpoint(churn_model: dict, local_workdir: Path, tmp_path_factory: pyt
     """`mlops serve` for drill-churn@champion with capture on (the production default)."""
     log = tmp_path_factory.mktemp("drill-serve") / "serve.log"
     ep = Endpoint(MODEL, local_workdir, "--endpoint-name", "drill", "--capture-flush-seconds", "1", log=log)
-    ep.wait_ready()
-    yield ep
-    ep.stop()
+    try:
+        ep.wait_ready()
+        yield ep
+    finally:
+        ep.stop()

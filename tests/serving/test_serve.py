@@ -100,6 +100,7 @@ class Endpoint:
             if self.client.get("/ping").status_code == 200:
                 return
             time.sleep(0.2)
+        self.stop()  # a server that never got ready must not outlive its test
         raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def metric(self, name: str) -> float:
@@ -155,27 +156,31 @@ def bootstrapped(local_stack, local_workdir, model_name, tmp_path_factory):
     """An endpoint started before its model exists: what it said then, and the endpoint once served."""
     logs = tmp_path_factory.mktemp("serve-logs")
     ep = Endpoint(model_name, local_workdir, "--capture-flush-seconds", "0.5", log=logs / "batched.log")
-    before = {
-        "ping": ep.client.get("/ping"),
-        "health": ep.client.get("/health"),
-        "invocations": ep.client.post("/invocations", content=payload("dataframe_split", make_data(1, 0))[0],
-                                      headers={"Content-Type": "application/json"}),
-        "version": ep.client.get("/version").json(),
-    }
-    v1 = register(model_name, c=1.0, seed=1)
-    set_alias(model_name, v1)
-    ep.wait_ready()  # the poll picks the alias up: no restart
-    yield ep, before, v1
-    ep.stop()
+    try:  # stop the server we started even when the setup below fails
+        before = {
+            "ping": ep.client.get("/ping"),
+            "health": ep.client.get("/health"),
+            "invocations": ep.client.post("/invocations", content=payload("dataframe_split", make_data(1, 0))[0],
+                                          headers={"Content-Type": "application/json"}),
+            "version": ep.client.get("/version").json(),
+        }
+        v1 = register(model_name, c=1.0, seed=1)
+        set_alias(model_name, v1)
+        ep.wait_ready()  # the poll picks the alias up: no restart
+        yield ep, before, v1
+    finally:
+        ep.stop()
 
 
 @pytest.fixture(scope="module")
 def unbatched(bootstrapped, local_workdir, model_name, tmp_path_factory):
     ep = Endpoint(model_name, local_workdir, "--max-batch-rows", "1", "--no-capture",
                   log=tmp_path_factory.mktemp("serve-logs") / "unbatched.log")
-    ep.wait_ready()
-    yield ep
-    ep.stop()
+    try:
+        ep.wait_ready()
+        yield ep
+    finally:
+        ep.stop()
 
 
 def in_process(model_name: str, version: str, frame: pd.DataFrame) -> np.ndarray:
