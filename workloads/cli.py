@@ -163,15 +163,19 @@ def train(
     from workloads.data import DataError, DataValidationError, load
     from workloads.stack import StackError, resolve
     from workloads.train import (
+        ShardResult,
         SpecError,
         TrainingError,
         TrainingSpec,
+        TrainResult,
         format_uri,
         search_shard,
         select,
         summary_table,
     )
     from workloads.train import train as run_training
+
+    result: ShardResult | TrainResult
 
     try:
         if shard is not None and select_step:
@@ -209,7 +213,7 @@ def train(
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
-    elif shard is not None:
+    elif isinstance(result, ShardResult):  # --shard
         best = "no candidates" if result.best is None else f"best {result.best.family} {result.best.params} " \
             f"cv {result.best.cv_score:.4f}"
         console.print(f"shard {result.shard}/{result.shards} of group {result.group}: "

@@ -262,6 +262,8 @@ def _predict_fast(group: list[_Item], capture: Any) -> list[tuple[bool, Any]]:
     from mlflow.utils.proto_json_utils import cast_df_types_according_to_schema
 
     model = group[0].model
+    if model.fast is None:  # FastInput only comes from model.fast.parse
+        raise RuntimeError(f"{model.name} v{model.version}: fast-path batch for a model without a fast schema")
     names = model.fast.names
     try:
         merged = {n: [v for item in group for v in item.data.columns[i]] for i, n in enumerate(names)}
@@ -749,7 +751,7 @@ def create_app(config: ServeConfig | None = None) -> Any:
         if capture is not None:
             capture.start()
         loop = asyncio.get_running_loop()
-        tasks = {loop.create_task(poll_registry())}
+        tasks: set[asyncio.Task[Any]] = {loop.create_task(poll_registry())}
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: tasks.add(loop.create_task(holder.refresh())))
         try:
@@ -796,7 +798,7 @@ def run(config: ServeConfig) -> None:
     import uvicorn
 
     os.environ[CONFIG_ENV] = config.model_dump_json()
-    fast = {}
+    fast: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import httptools  # noqa: F401
         import uvloop  # noqa: F401
