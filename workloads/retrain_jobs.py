@@ -49,9 +49,10 @@ def with_data(manifest: dict[str, Any], data_uri: str) -> dict[str, Any]:
     return job
 
 
-def create_jobs(directory: Path, data_uri: str, *, token_dir: Path = TOKEN_DIR, api: str | None = None,
+def create_jobs(directory: Path, data_uri: str, *, token_dir: Path | None = None, api: str | None = None,
                 timeout: float = 15.0) -> list[str]:
     """Create every Job in `directory` (sorted by file name); returns the created Jobs' names."""
+    token_dir = token_dir or Path(os.environ.get("MLOPS_KUBE_TOKEN_DIR") or TOKEN_DIR)
     files = sorted(directory.glob("*.json"))
     if not files:
         raise RetrainJobError(f"{directory}: no retraining Job manifests (*.json)")

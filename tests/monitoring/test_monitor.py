@@ -196,3 +196,30 @@ def test_s3_down_fails_clearly_and_triggers_nothing(local_stack, champion, tmp_p
     # after recovery the same monitor works
     again = monitor("outage", MODEL, local_stack, workdir=tmp_path, now=NOW, config=MonitorConfig(retrain=False))
     assert again.status == "drift"
+
+
+def test_monitor_in_the_cluster_creates_the_job_instead_of_training(
+        api_server, mounted, local_stack, champion, monkeypatch, tmp_path) -> None:
+    """The monitor's in-cluster branch, end to end against the local stack and the fake API server."""
+    from mlflow.tracking import MlflowClient
+
+    url, received, _ = api_server
+    jobs, token = mounted
+    monkeypatch.setenv("MLOPS_RETRAIN_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("MLOPS_KUBE_API", url)
+    monkeypatch.setenv("MLOPS_KUBE_TOKEN_DIR", str(token))
+    shifted = generate(400, seed=31, shift=1.0)
+    labels = capture(local_stack, "in-cluster", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
+    versions = len(MlflowClient().search_model_versions(f"name='{MODEL}'"))
+
+    result = monitor("in-cluster", MODEL, local_stack, labels=str(labels), workdir=tmp_path, now=NOW)
+
+    assert result.status == "drift" and result.retraining.triggered, result.retraining
+    assert "created retraining Job(s) train-churn-retrain-1, train-churn-select-retrain-2" in result.retraining.reason
+    assert len(MlflowClient().search_model_versions(f"name='{MODEL}'")) == versions  # the Job trains, not us
+    data_uri = received[0][1]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    bucket, key = data_uri.removeprefix("s3://").split("/", 1)
+    assert bucket == local_stack.capture_bucket and key.startswith("monitoring/in-cluster/retrain/")
+    newest = pd.read_parquet(io.BytesIO(local_stack.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()))
+    assert len(newest) == 1500 + 400  # the reference plus every labelled captured row
+
