@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import logging
@@ -747,6 +748,11 @@ def create_app(config: ServeConfig | None = None) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await holder.refresh()  # a missing model is not fatal: the endpoint starts not-ready
+        # The imported libraries and the loaded model live as long as the worker: move them out of the
+        # garbage collector's view. Otherwise every full collection walks them all (~200 ms with the
+        # event loop stopped), and capture's buffered records, which survive into the oldest generation,
+        # trigger one every few seconds (p99 ~180 ms instead of ~12 ms at concurrency 8).
+        gc.freeze()
         batcher.start()
         if capture is not None:
             capture.start()
