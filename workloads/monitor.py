@@ -398,8 +398,7 @@ def monitor(
     mlflow.set_tracking_uri(outputs.tracking_uri)
     client = MlflowClient()
     experiment = f"monitoring/{endpoint}"
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = _experiment_id(client, experiment)
     run = client.create_run(experiment_id, run_name=f"monitor-{endpoint}-{now:%Y%m%dT%H%M%S}",
                             tags={"mlops.monitor.state": "running", "mlops.endpoint": endpoint})
     run_id = run.info.run_id
@@ -705,6 +704,21 @@ def _retrain(
                               version=result.version, decision=result.decision, run_id=result.run_id)
     finally:
         lock.release()
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    """The experiment's id, creating it if needed; two monitors may race to create it."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return str(client.get_experiment_by_name(name).experiment_id)
 
 
 def _store_newest(s3: Any, bucket: str, endpoint: str, run_id: str, newest: pd.DataFrame) -> str:

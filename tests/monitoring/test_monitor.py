@@ -223,3 +223,25 @@ def test_monitor_in_the_cluster_creates_the_job_instead_of_training(
     newest = pd.read_parquet(io.BytesIO(local_stack.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()))
     assert len(newest) == 1500 + 400  # the reference plus every labelled captured row
 
+
+
+def test_experiment_created_by_a_concurrent_monitor_is_reused() -> None:
+    """Two monitors can both see no experiment; the loser of the create race uses the winner's."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import RestException
+
+    from workloads.monitor import _experiment_id
+
+    class Client:
+        def __init__(self) -> None:
+            self.created = False
+
+        def get_experiment_by_name(self, name):
+            return SimpleNamespace(experiment_id="7") if self.created else None
+
+        def create_experiment(self, name):
+            self.created = True  # the other monitor won
+            raise RestException({"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"{name} exists"})
+
+    assert _experiment_id(Client(), "monitoring/raced") == "7"
