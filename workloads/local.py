@@ -144,7 +144,7 @@ def _url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
@@ -371,9 +371,9 @@ class LocalStack:
             elif previous is not None and _port_free(previous) and previous not in ports.values():
                 ports[option] = previous
             else:
-                port = _free_port()
+                port = free_port()
                 while port in ports.values():
-                    port = _free_port()
+                    port = free_port()
                 ports[option] = port
         backend = self.backend_store_uri or last.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
         return LocalConfig(s3_port=ports["--s3-port"], tracking_port=ports["--tracking-port"],

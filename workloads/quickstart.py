@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -70,17 +69,13 @@ class Summary(BaseModel):
     seconds: float
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Endpoint:
     """`mlops serve` in a child process we own (its own session, stopped by pid)."""
 
     def __init__(self, workdir: Path, model: str) -> None:
-        self.port = _free_port()
+        from workloads.local import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "logs" / "serve.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
