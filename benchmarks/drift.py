@@ -66,7 +66,7 @@ def make_tables(rows: int, n_numeric: int, n_categorical: int, seed: int = 0) ->
 
 
 def run_ours(ref: pd.DataFrame, cur: pd.DataFrame, phase: str) -> dict:
-    from workloads.drift import ReferenceProfile, compare
+    from workloads.monitoring.drift import ReferenceProfile, compare
 
     if phase == "profile":
         return _measure(lambda: ReferenceProfile.build(ref), lambda _: {})

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}; "
           f"{args.workers} worker(s) per server; {duration:g} s per cell")
 
-    from workloads.local import LocalStack
+    from workloads.devstack.stack import LocalStack
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmpdir:
         tmp = Path(tmpdir)

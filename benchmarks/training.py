@@ -43,8 +43,8 @@ PACKAGES = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", "mlflow"]
 def search_child(rows: int, spec_path: Path, seed: int) -> dict:
     """Time one `run_search` on the sample data (runs inside the pinned child)."""
     import workloads  # noqa: F401 - telemetry off before mlflow can be imported
-    from workloads.sample import generate
-    from workloads.train import DEFAULT_METRIC, METRICS, TrainingSpec, infer_task, run_search
+    from workloads.data.sample import generate
+    from workloads.training.job import DEFAULT_METRIC, METRICS, TrainingSpec, infer_task, run_search
 
     spec = TrainingSpec.from_yaml(spec_path)
     df = generate(rows, seed=seed)
@@ -104,8 +104,8 @@ def measure_quickstart(quick: bool) -> dict:
     from rich.console import Console
 
     import workloads  # noqa: F401
-    from workloads.local import LocalStack
-    from workloads.quickstart import Sizes, run
+    from workloads.devstack.stack import LocalStack
+    from workloads.devstack.quickstart import Sizes, run
 
     sizes = Sizes(train_rows=1500, window_rows=300, rows_per_request=15) if quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp, open(os.devnull, "w") as quiet:

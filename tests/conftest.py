@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import workloads  # noqa: F401 - sets MLFLOW_DISABLE_TELEMETRY / DO_NOT_TRACK before mlflow is imported
-from workloads.local import LocalStack
-from workloads.stack import StackOutputs
+from workloads.devstack.stack import LocalStack
+from workloads.environment import StackOutputs
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.serving.test_serve import Endpoint
-from workloads.stack import StackOutputs
+from workloads.environment import StackOutputs
 
 MODEL = "drill-churn"
 TARGET = "churned"
@@ -36,8 +36,8 @@ def churn_model(local_stack: StackOutputs) -> dict:
     """`drill-churn` v1 (champion), trained by `workloads.train.train` like any user model."""
     import mlflow.pyfunc
 
-    from workloads.sample import generate
-    from workloads.train import TrainingSpec, train
+    from workloads.data.sample import generate
+    from workloads.training.job import TrainingSpec, train
 
     result = train(TrainingSpec.parse(tiny_spec(MODEL)), local_stack, data=generate(800, seed=5), progress=False)
     assert result.decision == "champion"

@@ -23,8 +23,8 @@ import pytest
 
 from tests.drills.conftest import features
 from tests.serving.test_serve import Endpoint, free_port, read_captures, start_moto
-from workloads.sample import generate
-from workloads.stack import StackOutputs
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
 
 pytestmark = pytest.mark.servers
 # The issue says a minute; 30 s (half frozen, half refused) exercises the same paths: capture has no

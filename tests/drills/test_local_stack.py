@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads.local import LocalConfig, LocalStack, ProcessRecord
+from workloads.devstack.stack import LocalConfig, LocalStack, ProcessRecord
 
 pytestmark = pytest.mark.servers
 MLOPS = [sys.executable, "-m", "workloads.cli", "local"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads.stack import StackOutputs
+from workloads.environment import StackOutputs
 
 pytestmark = pytest.mark.servers
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.drills.conftest import features
-from workloads.sample import generate
+from workloads.data.sample import generate
 
 pytestmark = pytest.mark.servers
 EXAMPLES = 1200

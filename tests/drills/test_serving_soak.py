@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.drills.conftest import features
-from workloads.sample import generate
+from workloads.data.sample import generate
 
 pytestmark = pytest.mark.servers
 TOTAL = 20_000

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from tests.drills.conftest import tiny_spec
-from workloads.local import LocalStack
-from workloads.sample import generate
-from workloads.stack import StackOutputs
+from workloads.devstack.stack import LocalStack
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
 
 pytestmark = pytest.mark.servers
 MODEL = "drill-outage"

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from components.render import render_stack
 from workloads.cli import app
-from workloads.envs import (
+from workloads.ci.environments import (
     CREATED_TAG,
     EXPIRES_TAG,
     EnvError,

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from workloads.drift import DriftThresholds, ReferenceProfile, compare, ks_statistic, psi
-from workloads.sample import CATEGORIES, NUMERIC, generate
+from workloads.monitoring.drift import DriftThresholds, ReferenceProfile, compare, ks_statistic, psi
+from workloads.data.sample import CATEGORIES, NUMERIC, generate
 
 FEATURES = NUMERIC + list(CATEGORIES)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workloads.monitor import MonitorConfig, MonitorError, as_signature_types, monitor
-from workloads.sample import generate
-from workloads.stack import StackOutputs
+from workloads.monitoring.monitor import MonitorConfig, MonitorError, as_signature_types, monitor
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
 
 pytestmark = pytest.mark.servers
 MODEL = "monitor-churn"
@@ -30,7 +30,7 @@ NOW = datetime.now(UTC)
 
 @pytest.fixture(scope="module")
 def champion(local_stack: StackOutputs) -> dict:
-    from workloads.train import TrainingSpec, train
+    from workloads.training.job import TrainingSpec, train
 
     spec = TrainingSpec.parse({
         "name": MODEL, "dataset": {"name": MODEL}, "target": "churned", "exclude": ["customer_id"],
@@ -231,7 +231,7 @@ def test_experiment_created_by_a_concurrent_monitor_is_reused() -> None:
 
     from mlflow.exceptions import RestException
 
-    from workloads.monitor import _experiment_id
+    from workloads.monitoring.monitor import _experiment_id
 
     class Client:
         def __init__(self) -> None:

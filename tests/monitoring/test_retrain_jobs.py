@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.monitoring.conftest import JOB
-from workloads.retrain_jobs import RetrainJobError, create_jobs, with_data
+from workloads.monitoring.retrain_jobs import RetrainJobError, create_jobs, with_data
 
 
 def test_creates_every_job_in_order_with_the_data(api_server, mounted) -> None:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import workloads  # noqa: F401 - telemetry off before mlflow is imported
-from workloads.capture import CaptureWriter, records_to_frame
-from workloads.serve import (
+from workloads.capture.writer import CaptureWriter, records_to_frame
+from workloads.serving.app import (
     FastInput,
     FastSchema,
     LoadedModel,

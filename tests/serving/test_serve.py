@@ -394,7 +394,7 @@ def start_moto(port: int, log: Path) -> subprocess.Popen:
 
 
 def test_capture_survives_s3_outage_and_resumes(bootstrapped, local_stack, model_name, tmp_path):
-    from workloads.stack import StackOutputs
+    from workloads.environment import StackOutputs
 
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workloads import data
-from workloads.data import DatasetSchema, DataValidationError
-from workloads.sample import generate
-from workloads.stack import StackOutputs
+from workloads.data import dataset as data
+from workloads.data.dataset import DatasetSchema, DataValidationError
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workloads.local import BUCKETS, LocalStack, LocalStackError, ProcessRecord, _group_members, _proc_stat
-from workloads.stack import StackOutputs, resolve
+from workloads.devstack.stack import BUCKETS, LocalStack, LocalStackError, ProcessRecord, _group_members, _proc_stat
+from workloads.environment import StackOutputs, resolve
 
 pytestmark = pytest.mark.servers
 MLOPS = [sys.executable, "-m", "workloads.cli"]

@@ -8,7 +8,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from workloads.sample import CATEGORIES, NUMERIC, generate
+from workloads.data.sample import CATEGORIES, NUMERIC, generate
 
 
 def test_same_seed_same_rows_other_seed_other_rows() -> None:

@@ -16,11 +16,11 @@ from scipy import stats
 from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
 from typer.testing import CliRunner
 
-from workloads import data as datasets
+from workloads.data import dataset as datasets
 from workloads.cli import app
-from workloads.sample import generate
-from workloads.stack import StackOutputs
-from workloads.train import (
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
+from workloads.training.job import (
     GROUP_TAG,
     METRICS,
     SHARD_TAG,

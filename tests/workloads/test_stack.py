@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workloads.cli import app
-from workloads.stack import StackError, StackOutputs, from_env, resolve
+from workloads.environment import StackError, StackOutputs, from_env, resolve
 
 OUTPUTS = {
     "environment": "local",

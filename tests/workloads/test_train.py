@@ -15,13 +15,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from workloads import train as train_mod
+from workloads.training import job as train_mod
 from workloads.cli import app
-from workloads.data import DataValidationError
-from workloads.local import LocalStack
-from workloads.sample import generate
-from workloads.stack import StackOutputs
-from workloads.train import SpecError, TrainingSpec, TrainResult, train
+from workloads.data.dataset import DataValidationError
+from workloads.devstack.stack import LocalStack
+from workloads.data.sample import generate
+from workloads.environment import StackOutputs
+from workloads.training.job import SpecError, TrainingSpec, TrainResult, train
 
 pytestmark = pytest.mark.servers
 

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from workloads.stack import OUTPUTS_FILE, StackOutputs, workdir_from
+from workloads.environment import OUTPUTS_FILE, StackOutputs, workdir_from
 
 HOST = "127.0.0.1"
 BUCKETS = {

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "stacks" / "Pulumi.ci.yaml"
 PROJECT = "mlops-platform"
 NAME_PATTERN = r"^ci-[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
@@ -236,7 +236,7 @@ def smoke_training_data(rows: int = 2000) -> bytes:
     """A small labelled sample dataset as Parquet, for the smoke test's training Job."""
     import io
 
-    from workloads.sample import generate
+    from workloads.data.sample import generate
 
     buffer = io.BytesIO()
     generate(rows, seed=0).to_parquet(buffer, index=False)
@@ -245,7 +245,7 @@ def smoke_training_data(rows: int = 2000) -> bytes:
 
 def smoke_payload() -> dict[str, Any]:
     """One row in MLflow's scoring protocol (`dataframe_split`), from the sample dataset."""
-    from workloads.sample import generate
+    from workloads.data.sample import generate
 
     frame = generate(1, seed=7, labels=False)
     return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False, date_format="iso"))}

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from workloads import retrain_jobs
-from workloads.alerts import AlertOutcome, send_alert
-from workloads.drift import PREDICTION, DriftReport, DriftThresholds, ReferenceProfile, compare
-from workloads.stack import StackOutputs
+from workloads.monitoring import retrain_jobs
+from workloads.monitoring.alerts import AlertOutcome, send_alert
+from workloads.monitoring.drift import PREDICTION, DriftReport, DriftThresholds, ReferenceProfile, compare
+from workloads.environment import StackOutputs
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def load_labels(source: str, outputs: StackOutputs) -> pd.DataFrame:
     """Ground truth: a CSV/Parquet file, or every such file under an s3:// prefix (ending in `/`)."""
     from urllib.parse import urlparse
 
-    from workloads import data as datasets
+    from workloads.data import dataset as datasets
 
     if source.startswith("s3://") and not source.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
         url = urlparse(source)
@@ -334,7 +334,7 @@ def _performance(
     """The champion's metric on the labelled window rows (and those rows, for retraining)."""
     import mlflow
 
-    from workloads.train import METRICS, score
+    from workloads.training.job import METRICS, score
 
     joined = window.assign(_request_id=window["_request_id"].astype(str), _row=window["_row"].astype(int)).merge(
         labels, left_on=["_request_id", "_row"], right_on=["request_id", "row"], how="inner")
@@ -424,7 +424,7 @@ def monitor(
             result.status = "insufficient_data"
             result.reasons.append(f"{len(window)} captured rows in the window, below min_rows={config.min_rows}")
         else:
-            from workloads import data as datasets
+            from workloads.data import dataset as datasets
 
             uri = champ.tags["mlops.dataset.uri"]
             reference = datasets.load(uri, outputs)
@@ -638,7 +638,7 @@ def _prediction_profile(champ: _Champion, reference: pd.DataFrame) -> ReferenceP
     """The champion's predictions on its own holdout rows (what it scored unseen): the prediction baseline."""
     import mlflow
 
-    from workloads import data as datasets
+    from workloads.data import dataset as datasets
 
     target = champ.tags["mlops.target"]
     rows = reference
@@ -689,7 +689,7 @@ def _retrain(
                 _record_retrain(s3, outputs.capture_bucket, endpoint, record | {"state": "job_created", "jobs": names})
                 return RetrainOutcome(triggered=True, reason=f"created retraining Job(s) {', '.join(names)} "
                                                              f"on {len(newest)} rows at {uri}")
-            from workloads.train import train
+            from workloads.training.job import train
 
             spec, widened = _widened(_spec(champ, retrain_spec), newest, outputs)
             result = train(spec, outputs, data=newest, progress=False)
@@ -736,7 +736,7 @@ def _widened(spec: Any, newest: pd.DataFrame, outputs: StackOutputs) -> tuple[An
     Drifted values are what retraining is for, so they must not fail the range check; kinds,
     categories and null rates are still enforced. The stored schema itself is left unchanged.
     """
-    from workloads import data as datasets
+    from workloads.data import dataset as datasets
 
     schema = spec.dataset.data_schema or datasets.load_schema(spec.dataset.name, outputs)
     if schema is None:
@@ -761,7 +761,7 @@ def _spec(champ: _Champion, retrain_spec: Path | None) -> Any:
     import mlflow
     import yaml
 
-    from workloads.train import TrainingSpec
+    from workloads.training.job import TrainingSpec
 
     if retrain_spec is not None:
         return TrainingSpec.from_yaml(retrain_spec)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from workloads.stack import StackOutputs
+from workloads.environment import StackOutputs
 
 Kind = Literal["integer", "float", "boolean", "string", "datetime"]
 NUMERIC_KINDS = ("integer", "float")

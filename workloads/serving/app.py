@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workloads.stack import StackOutputs
+from workloads.environment import StackOutputs
 
 log = logging.getLogger("mlops.serve")
 
@@ -596,7 +596,7 @@ def create_app(config: ServeConfig | None = None) -> Any:
     holder = ModelHolder(config.model, config.alias)
     capture = None
     if config.capture:
-        from workloads.capture import CaptureWriter, capture_s3_client
+        from workloads.capture.writer import CaptureWriter, capture_s3_client
 
         capture = CaptureWriter(
             capture_s3_client(config.outputs.s3_endpoint), config.outputs.capture_bucket, config.endpoint,
@@ -811,6 +811,6 @@ def run(config: ServeConfig) -> None:
 
         fast = {"http": "httptools", "loop": "uvloop"}
     uvicorn.run(
-        "workloads.serve:create_app", factory=True, host=config.host, port=config.port,
+        "workloads.serving.app:create_app", factory=True, host=config.host, port=config.port,
         workers=config.workers, access_log=False, log_level="info", timeout_graceful_shutdown=30, **fast,
     )

@@ -35,7 +35,7 @@ from rich.table import Table
 
 DEFAULT_WORKDIR = Path(".mlops/quickstart")
 ENDPOINT = "churn"
-SPEC = Path(__file__).resolve().parent / "specs" / "churn.yaml"
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "churn.yaml"
 
 
 class QuickstartError(RuntimeError):
@@ -73,7 +73,7 @@ class Endpoint:
     """`mlops serve` in a child process we own (its own session, stopped by pid)."""
 
     def __init__(self, workdir: Path, model: str) -> None:
-        from workloads.local import free_port
+        from workloads.devstack.stack import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -151,10 +151,10 @@ def labels_for(frame: pd.DataFrame, prefix: str, rows_per_request: int, target: 
 
 def run(workdir: Path = DEFAULT_WORKDIR, sizes: Sizes | None = None, *, down: bool = False,
         console: Console | None = None) -> Summary:
-    from workloads import sample
-    from workloads.local import LocalStack
-    from workloads.monitor import MonitorConfig, monitor
-    from workloads.train import TrainingSpec, train
+    from workloads.data import sample
+    from workloads.devstack.stack import LocalStack
+    from workloads.monitoring.monitor import MonitorConfig, monitor
+    from workloads.training.job import TrainingSpec, train
 
     sizes = sizes or Sizes()
     console = console or Console()

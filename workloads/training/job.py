@@ -33,8 +33,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workloads import data as datasets
-from workloads.stack import StackOutputs
+from workloads.data import dataset as datasets
+from workloads.environment import StackOutputs
 
 Task = Literal["classification", "regression"]
 MODEL_ARTIFACT = "model"

@@ -40,7 +40,7 @@ def plan(
     """Render an environment offline (no cloud, no credentials) and print its resource tree."""
     from components.config import ConfigError
     from components.render import render_stack
-    from workloads.plan_view import print_plan
+    from workloads.cli.plan_view import print_plan
 
     try:
         result = render_stack(stack)
@@ -74,7 +74,7 @@ def local_up(
     timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for both servers to be healthy."),
 ) -> None:
     """Start the local stack (or report that it is already running) and write outputs.json."""
-    from workloads.local import LocalStack, LocalStackError
+    from workloads.devstack.stack import LocalStack, LocalStackError
 
     with err_console.status("starting the local stack") as status_line:
         stack = LocalStack.at(workdir, on_status=status_line.update, backend_store_uri=backend_store_uri,
@@ -93,7 +93,7 @@ def local_up(
 @local_app.command("down")
 def local_down(workdir: str | None = _WORKDIR_OPTION) -> None:
     """Stop the local stack's processes (only ours); data stays in the workdir."""
-    from workloads.local import LocalStack, LocalStackError
+    from workloads.devstack.stack import LocalStack, LocalStackError
 
     with err_console.status("stopping the local stack") as status_line:
         stack = LocalStack.at(workdir, on_status=status_line.update)
@@ -115,7 +115,7 @@ def local_status(
     """Show each component's pid, URL and health. Exit code 0 only when everything is healthy."""
     from rich.table import Table
 
-    from workloads.local import LocalStack
+    from workloads.devstack.stack import LocalStack
 
     state = LocalStack.at(workdir).status()
     if as_json:
@@ -160,9 +160,9 @@ def train(
     Exit codes: 2 bad spec, options or environment; 3 data validation failed; 1 training failed
     (e.g. shards missing); nothing is registered in any of these cases.
     """
-    from workloads.data import DataError, DataValidationError, load
-    from workloads.stack import StackError, resolve
-    from workloads.train import (
+    from workloads.data.dataset import DataError, DataValidationError, load
+    from workloads.environment import StackError, resolve
+    from workloads.training.job import (
         ShardResult,
         SpecError,
         TrainingError,
@@ -173,7 +173,7 @@ def train(
         select,
         summary_table,
     )
-    from workloads.train import train as run_training
+    from workloads.training.job import train as run_training
 
     result: ShardResult | TrainResult
 
@@ -253,9 +253,9 @@ def data_generate(
 
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from workloads.sample import generate
-    from workloads.stack import StackError, resolve
-    from workloads.train import SpecError, format_uri
+    from workloads.data.sample import generate
+    from workloads.environment import StackError, resolve
+    from workloads.training.job import SpecError, format_uri
 
     if not out.lower().endswith((".csv", ".parquet")):
         err_console.print(f"[red]{out}: the output must end in .csv or .parquet[/red]")
@@ -317,8 +317,8 @@ def serve(
                                        help="Local stack workdir [default: .mlops/local]."),
 ) -> None:
     """Serve models:/MODEL@ALIAS with MLflow's scoring protocol, micro-batching and inference capture."""
-    from workloads.serve import ServeConfig, run
-    from workloads.stack import StackError, resolve
+    from workloads.serving.app import ServeConfig, run
+    from workloads.environment import StackError, resolve
 
     try:
         outputs = resolve(stack, workdir)
@@ -374,8 +374,8 @@ def monitor_cmd(
     from contextlib import nullcontext
     from pathlib import Path
 
-    from workloads.monitor import MonitorConfig, MonitorError, monitor
-    from workloads.stack import StackError, resolve, workdir_from
+    from workloads.monitoring.monitor import MonitorConfig, MonitorError, monitor
+    from workloads.environment import StackError, resolve, workdir_from
 
     try:
         outputs = resolve(stack, workdir)
@@ -401,7 +401,7 @@ def monitor_cmd(
     if as_json:
         typer.echo(summary)
     else:
-        from workloads.monitor import summary_table
+        from workloads.monitoring.monitor import summary_table
 
         console.print(summary_table(result))
     raise typer.Exit(result.exit_code)
@@ -419,7 +419,7 @@ def quickstart(
     seed: int = typer.Option(7, "--seed", help="Seed for every generated table."),
 ) -> None:
     """The whole loop on 127.0.0.1: stack, train, serve, capture, monitor, drift, retrain, reload."""
-    from workloads.quickstart import QuickstartError, Sizes, run
+    from workloads.devstack.quickstart import QuickstartError, Sizes, run
 
     try:
         run(workdir, Sizes(train_rows=train_rows, window_rows=window_rows, seed=seed), down=down, console=console)
@@ -436,7 +436,7 @@ app.add_typer(env_app, name="env")
 
 
 def _environments(with_cluster: bool = True):  # noqa: ANN202 (lazy import)
-    from workloads.envs import EnvError, production
+    from workloads.ci.environments import EnvError, production
 
     try:
         return production(with_cluster=with_cluster)
@@ -446,7 +446,7 @@ def _environments(with_cluster: bool = True):  # noqa: ANN202 (lazy import)
 
 
 def _env_call(fn, *args):  # noqa: ANN001, ANN202
-    from workloads.envs import EnvError
+    from workloads.ci.environments import EnvError
 
     try:
         return fn(*args)
@@ -461,7 +461,7 @@ def env_create(
     ttl: str = typer.Option("3h", "--ttl", help="Time to live (90m, 6h, 2d): after it, `mlops env reap` destroys it."),
 ) -> None:
     """Create stack NAME from stacks/Pulumi.ci.yaml and `pulumi up` it (destroyed again if up fails)."""
-    from workloads.envs import EnvError, check_name, parse_duration
+    from workloads.ci.environments import EnvError, check_name, parse_duration
 
     try:
         check_name(name)
@@ -498,7 +498,7 @@ def env_reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be destroyed."),
 ) -> None:
     """Destroy ci environments past their TTL tag or older than --older-than (never dev, staging, prod)."""
-    from workloads.envs import EnvError, parse_duration
+    from workloads.ci.environments import EnvError, parse_duration
 
     try:
         age = parse_duration(older_than)
