@@ -3,6 +3,7 @@
 import pulumi
 import pulumi_aws as aws
 
+from components.budget import Budget, BudgetArgs
 from components.cluster import Cluster, ClusterArgs
 from components.config import Cloud, load_environment
 from components.database import Database, DatabaseArgs
@@ -61,6 +62,9 @@ jobs = Jobs("jobs", JobsArgs(
     artifact_bucket_arn=storage.bucket_arns["artifacts"], capture_bucket_arn=storage.bucket_arns["capture"],
     oidc=cluster.oidc), opts)
 NetworkPolicies("netpol", NetworkPoliciesArgs(env, namespace.name), opts)
+if on_aws:
+    # A monthly AWS Budgets budget on this environment's tag, alerting its notification target.
+    Budget("budget", BudgetArgs(env), pulumi.ResourceOptions(providers=providers))
 
 # The stack outputs contract: workloads and CI read these names (README: "Stack outputs").
 pulumi.export("environment", env.name)

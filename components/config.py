@@ -29,9 +29,16 @@ DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 IMAGE_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CRON = r"^(@(hourly|daily|weekly|monthly))|((\S+\s+){4}\S+)$"
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+SNS_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 
 # Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
 SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig")
+
+
+# budget.monthlyUsd defaults: each kind's estimated maximum (`mlops plan STACK --cost`) plus room for
+# usage the estimate cannot price; local (cloud: none) gets no budget.
+BUDGET_USD_BY_KIND = {"dev": 2500.0, "staging": 4000.0, "prod": 11000.0, "ci": 25.0, "local": 25.0}
 
 
 class ConfigError(ValueError):
@@ -270,6 +277,16 @@ class ProtectionConfig(_Section):
     deletion_protection: bool | None = None
 
 
+class BudgetConfig(_Section):
+    """The environment's AWS Budgets budget (components/budget.py) and what the cost estimate assumes."""
+
+    monthly_usd: float | None = Field(default=None, gt=0, le=10_000_000)  # None -> by kind
+    alert_emails: list[Annotated[str, Field(pattern=EMAIL)]] = []
+    # None -> workloads.monitoring.alertSnsTopicArn; with neither and no emails, a topic is created.
+    alert_sns_topic_arn: str | None = Field(default=None, pattern=SNS_ARN)
+    assumed_s3_gb: int = Field(default=100, ge=0)  # S3 is priced at this size: it holds data, not config
+
+
 class EnvironmentConfig(_Section):
     name: str = Field(pattern=DNS_LABEL)
     kind: Kind
@@ -283,6 +300,7 @@ class EnvironmentConfig(_Section):
     serving: ServingConfig = ServingConfig()
     workloads: WorkloadsConfig = WorkloadsConfig()
     protection: ProtectionConfig = ProtectionConfig()
+    budget: BudgetConfig = BudgetConfig()
 
     @model_validator(mode="after")
     def _kind_rules(self) -> EnvironmentConfig:
@@ -332,6 +350,14 @@ class EnvironmentConfig(_Section):
     @property
     def backup_retention_days(self) -> int:
         return _pick(self.tracking.database.backup_retention_days, 14 if self.kind == Kind.prod else 1)
+
+    @property
+    def budget_monthly_usd(self) -> float:
+        return _pick(self.budget.monthly_usd, BUDGET_USD_BY_KIND[self.kind])
+
+    @property
+    def budget_alert_sns_topic_arn(self) -> str | None:
+        return self.budget.alert_sns_topic_arn or self.workloads.monitoring.alert_sns_topic_arn
 
     @property
     def in_cluster_database(self) -> bool:
