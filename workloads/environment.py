@@ -1,4 +1,9 @@
-"""Where a workload finds its environment: the stack outputs contract as one typed object.
+"""Where a workload runs: the stack outputs contract as one typed object, and the `Environment`.
+
+`StackOutputs` is the contract (plain values). `Environment` is what workloads are handed,
+explicitly: the outputs, an S3 client for the environment's buckets, the tracking URI and a
+writable state directory. Nothing here writes `os.environ`: MLflow's fluent API is pointed at
+the environment only inside `Environment.tracking()`, and restored afterwards.
 
 Sources, first match wins:
 1. `--stack NAME`: `pulumi stack output --json --show-secrets -s NAME` (needs the Pulumi CLI);
@@ -15,17 +20,22 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from workloads.errors import EnvironmentNotFound
+
 DEFAULT_WORKDIR = Path(".mlops/local")
 OUTPUTS_FILE = "outputs.json"
+LOCAL_S3_KEY = "mlops-local"  # a local S3-compatible store takes any key
 
-
-class StackError(RuntimeError):
-    """The environment's outputs could not be found or are incomplete."""
+StackError = EnvironmentNotFound  # the name the rest of the code base knows
 
 
 class StackOutputs(BaseModel):
@@ -44,29 +54,62 @@ class StackOutputs(BaseModel):
     tracking_url: str | None = None
     serving_endpoints: dict[str, str] = {}
 
+    # TRANSITIONAL (removed once every stage takes an Environment): the old global wiring.
     def apply_env(self) -> None:
-        """Point mlflow and boto3 at this environment (in this process and its children)."""
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         if self.s3_endpoint:
             os.environ["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint
-            # A local S3-compatible store takes any key; real credentials, when present, win.
             if _is_loopback(self.s3_endpoint):
-                os.environ.setdefault("AWS_ACCESS_KEY_ID", "mlops-local")
-                os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mlops-local")
+                os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_S3_KEY)
+                os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_S3_KEY)
         os.environ.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
 
-    def s3_client(self) -> Any:
-        """A boto3 S3 client for this environment's buckets."""
+    def s3_client(self) -> Any:  # TRANSITIONAL, see apply_env
+        return Environment(self).s3
+
+
+@dataclass
+class Environment:
+    """One environment, passed explicitly to every workload step."""
+
+    outputs: StackOutputs
+    workdir: Path = field(default_factory=lambda: workdir_from(None))
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.outputs.tracking_uri
+
+    @cached_property
+    def s3(self) -> Any:
+        """A boto3 S3 client for this environment's buckets (one per Environment, thread-safe)."""
         import boto3
         from botocore.config import Config
 
-        self.apply_env()
+        credentials: dict[str, str] = {}
+        if self.outputs.s3_endpoint and _is_loopback(self.outputs.s3_endpoint) \
+                and not os.environ.get("AWS_ACCESS_KEY_ID"):
+            credentials = {"aws_access_key_id": LOCAL_S3_KEY, "aws_secret_access_key": LOCAL_S3_KEY}
         return boto3.client(
             "s3",
-            endpoint_url=self.s3_endpoint,
+            endpoint_url=self.outputs.s3_endpoint,
+            region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             # Fail fast when the store is down instead of retrying for minutes.
             config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
+            **credentials,
         )
+
+    def mlflow_client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Point MLflow's fluent API (`mlflow.start_run`, `log_model`) here for the block, then restore."""
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # MLflow's own scoped setter
+
+        with _use_tracking_uri(self.tracking_uri):
+            yield
 
 
 def _is_loopback(url: str) -> bool:
@@ -125,6 +168,11 @@ def from_env(environ: dict[str, str] | None = None) -> StackOutputs | None:
 
 def workdir_from(workdir: Path | str | None) -> Path:
     return Path(workdir or os.environ.get("MLOPS_WORKDIR") or DEFAULT_WORKDIR)
+
+
+def environment(stack: str | None = None, workdir: Path | str | None = None) -> Environment:
+    """The environment to work against, with its state directory (see `resolve`)."""
+    return Environment(resolve(stack, workdir), workdir_from(workdir))
 
 
 def resolve(stack: str | None = None, workdir: Path | str | None = None) -> StackOutputs:

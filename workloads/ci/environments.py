@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from workloads.errors import MlopsError
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "stacks" / "Pulumi.ci.yaml"
 PROJECT = "mlops-platform"
@@ -37,7 +39,7 @@ CREATED_TAG = "mlops-created-at"
 EXPIRES_TAG = "mlops-expires-at"
 
 
-class EnvError(RuntimeError):
+class EnvError(MlopsError, RuntimeError):
     """An environment operation that cannot go on; the message says what to do."""
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from workloads.environment import StackOutputs
+from workloads.errors import UsageError, ValidationFailed
 
 Kind = Literal["integer", "float", "boolean", "string", "datetime"]
 NUMERIC_KINDS = ("integer", "float")
@@ -40,7 +41,9 @@ MAX_CATEGORIES = 50
 DIGEST_CHARS = 32  # 128 bits of sha256; MLflow's dataset digest column holds 36 characters
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
+    kind = "DataError"
+
     """A dataset could not be read."""
 
 
@@ -93,7 +96,9 @@ class Violation(BaseModel):
         return f"{self.column}: {self.check}: {self.message}"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(ValidationFailed, ValueError):
+    kind = "data validation failed, nothing registered"
+
     """The data does not match its schema; `violations` lists every problem found."""
 
     def __init__(self, name: str, violations: list[Violation]):

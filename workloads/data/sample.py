@@ -35,7 +35,7 @@ The same `seed` gives the same rows, whatever the options.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -171,3 +171,40 @@ def _spend(df: pd.DataFrame, rng: np.random.Generator, concept_drift: float) -> 
     drifted = 0.7 * charges + 15.0 * products - 5.0 * fiber - region
     spend = (1 - concept_drift) * original + concept_drift * drifted + rng.normal(0, 6.0, len(df))
     return np.round(spend, 2)
+
+
+def write_sample(settings: Any, stack: str | None = None, workdir: str | None = None) -> tuple[str, int, int]:
+    """Generate per `GenerateSettings` and write to a local file or an s3:// URI; (where, rows, columns)."""
+    import io
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from workloads.environment import resolve
+    from workloads.errors import MlopsError, UsageError
+    from workloads.training.job import format_uri
+
+    features = [f.strip() for f in settings.shift_features.split(",") if f.strip()] \
+        if settings.shift_features else None
+    try:
+        df = generate(settings.rows, settings.seed, shift=settings.shift, shift_features=features,
+                      concept_drift=settings.concept_drift, labels=settings.labels, target=settings.target)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    csv = settings.out.lower().endswith(".csv")
+    if not settings.out.startswith("s3://"):
+        path = Path(settings.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False) if csv else df.to_parquet(path, index=False)
+        return str(path), len(df), len(df.columns)
+    outputs = resolve(stack, workdir)
+    uri = format_uri(settings.out, outputs, "OUT")
+    url = urlparse(uri)
+    buffer = io.BytesIO()
+    df.to_csv(buffer, index=False) if csv else df.to_parquet(buffer, index=False)
+    try:
+        outputs.s3_client().put_object(Bucket=url.netloc, Key=url.path.lstrip("/"), Body=buffer.getvalue())
+    except (BotoCoreError, ClientError) as exc:  # store down, no such bucket, denied
+        raise MlopsError(f"{uri}: could not write: {exc}") from None
+    return uri, len(df), len(df.columns)

@@ -33,12 +33,16 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from workloads.errors import MlopsError
+
 DEFAULT_WORKDIR = Path(".mlops/quickstart")
 ENDPOINT = "churn"
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "churn.yaml"
 
 
-class QuickstartError(RuntimeError):
+class QuickstartError(MlopsError, RuntimeError):
+    kind = "quickstart failed"
+
     pass
 
 

@@ -41,6 +41,7 @@ import httpx
 from pydantic import BaseModel
 
 from workloads.environment import OUTPUTS_FILE, StackOutputs, workdir_from
+from workloads.errors import MlopsError
 
 HOST = "127.0.0.1"
 BUCKETS = {
@@ -54,7 +55,9 @@ STOP_GRACE_SECONDS = 10.0
 LOCAL_AWS_KEY = "mlops-local"
 
 
-class LocalStackError(RuntimeError):
+class LocalStackError(MlopsError, RuntimeError):
+    kind = "local stack failed"
+
     """The local stack could not be started or stopped; the message says why."""
 
 

@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from workloads.environment import StackOutputs
+from workloads.errors import MlopsError
 from workloads.monitoring import retrain_jobs
 from workloads.monitoring.alerts import AlertOutcome, send_alert
 from workloads.monitoring.drift import PREDICTION, DriftReport, DriftThresholds, ReferenceProfile, compare
-from workloads.environment import StackOutputs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ EXIT_CODES: dict[str, int] = {  # the CLI's exit code per status; 1 = the monito
 RELATIVE_DROP_METRICS = {"rmse", "mae", "log_loss"}
 
 
-class MonitorError(RuntimeError):
+class MonitorError(MlopsError, RuntimeError):
+    kind = "monitoring failed, nothing alerted or retrained"
+
     """Monitoring could not complete (storage or registry unreachable, no champion, ...)."""
 
 
@@ -795,3 +798,12 @@ def _explain(exc: Exception, outputs: StackOutputs) -> str:
     if isinstance(exc, BotoCoreError | ClientError):
         return f"object storage failed ({outputs.s3_endpoint or 'AWS S3'}): {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def run_settings(settings: Any, outputs: StackOutputs, workdir: Path) -> MonitorResult:
+    """What `mlops monitor` runs (MonitorSettings)."""
+    outputs.apply_env()
+    config = MonitorConfig(**settings.model_dump(include=set(MonitorConfig.model_fields)))
+    return monitor(settings.endpoint, settings.model, outputs, alias=settings.alias, config=config,
+                   labels=settings.labels, retrain_spec=Path(settings.retrain_spec) if settings.retrain_spec else None,
+                   workdir=workdir)

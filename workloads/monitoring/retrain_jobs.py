@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 
+from workloads.errors import MlopsError
+
 JOBS_DIR_ENV = "MLOPS_RETRAIN_JOBS_DIR"
 TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-class RetrainJobError(RuntimeError):
+class RetrainJobError(MlopsError, RuntimeError):
     pass
 
 

@@ -35,17 +35,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workloads.data import dataset as datasets
 from workloads.environment import StackOutputs
+from workloads.errors import MlopsError, UsageError
 
 Task = Literal["classification", "regression"]
 MODEL_ARTIFACT = "model"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
-class SpecError(ValueError):
+class SpecError(UsageError, ValueError):
+    kind = "SpecError"
+
     """The training spec is invalid; the message names the key."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MlopsError, RuntimeError):
+    kind = "training failed"
+
     """Training could not complete; no model version was left registered."""
 
 
@@ -1024,3 +1029,33 @@ def summary_table(result: TrainResult) -> Any:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run_settings(settings: Any, outputs: StackOutputs, *, progress: bool) -> ShardResult | TrainResult:
+    """What `mlops train` runs: one training, a search shard or the selection step (TrainSettings)."""
+    from workloads.errors import ServiceUnavailable
+
+    spec = TrainingSpec.from_yaml(settings.spec)
+    outputs.apply_env()
+    try:
+        data = datasets.load(format_uri(settings.data, outputs, "--data"), outputs) if settings.data else None
+        if settings.shard is not None:
+            return search_shard(spec, outputs, settings.shard, settings.shards, group=settings.group, data=data,
+                                progress=progress)
+        if settings.select:
+            return select(spec, outputs, settings.shards, group=settings.group, data=data, progress=progress,
+                          timeout=settings.wait_timeout)
+        return train(spec, outputs, data=data, progress=progress)
+    except MlopsError:
+        raise
+    except Exception as exc:  # a server went away mid-run: one line, not a traceback wall
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException | OSError) and "botocore" not in type(exc).__module__:
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ServiceUnavailable(f"training failed, nothing registered: {type(exc).__name__} talking to "
+                                 f"{outputs.tracking_uri} or its artifact store: {first_line}") from None

@@ -1,14 +1,40 @@
-"""Print a rendered environment as a resource tree, the way `pulumi preview` nests it."""
+"""`mlops plan`: render an environment offline and print it as a resource tree, the way `pulumi preview` nests it."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from typing import TYPE_CHECKING
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from components.render import RenderedResource, RenderResult
+from workloads.cli.app import app, console
+from workloads.errors import ConfigInvalid
+
+if TYPE_CHECKING:  # importing pulumi costs a second: only `mlops plan` pays it
+    from components.render import RenderedResource, RenderResult
+
+
+@app.command()
+def plan(
+    stack: str = typer.Argument(..., help="Stack name (dev, staging, prod, ci, local) or a path to a stack file."),
+    as_json: bool = typer.Option(False, "--json", help="Print resources as JSON instead of a tree."),
+) -> None:
+    """Render an environment offline (no cloud, no credentials) and print its resource tree."""
+    from components.config import ConfigError
+    from components.render import render_stack
+
+    try:
+        result = render_stack(stack)
+    except ConfigError as exc:
+        raise ConfigInvalid(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        print_plan(result, console)
 
 
 def _label(resource: RenderedResource) -> str:
