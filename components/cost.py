@@ -266,8 +266,8 @@ def _price_buckets(ctx: _Context) -> None:
     components = ctx.result.of_type(BUDGET_COMPONENT)
     gb = float(components[0].inputs.get("assumedS3Gb") or 0) if components else 0.0
     rate = ctx.price("s3_standard_gb_month", buckets[0])
-    ctx.add(buckets[0], f"{gb:g} GB S3 Standard across {len(buckets)} buckets, all versions @ ${rate}/GB-month",
-            gb * rate, name=", ".join(b.name for b in buckets))
+    ctx.add(buckets[0], f"{gb:g} GB S3 Standard, all versions, in {', '.join(b.name for b in buckets)} "
+                        f"@ ${rate}/GB-month", gb * rate, name=f"s3 buckets ({len(buckets)})")
     ctx.assume(f"S3 holds {gb:g} GB (budget.assumedS3Gb): bucket contents are data, not configuration")
     ctx.note("S3 requests and data transfer out")
 

@@ -110,6 +110,7 @@ def test_node_pool_min_and_max_follow_config_and_s3_the_assumed_size(rendered: d
     assert (cpu.monthly_min, cpu.monthly_max) == (round(2 * min(spot) * HOURS, 2), round(3 * max(spot) * HOURS, 2))
     s3 = [ln for ln in report.lines if ln.type == "aws:s3/bucket:Bucket"]
     assert [ln.monthly_min for ln in s3] == [round(2000 * US_EAST["s3_standard_gb_month"], 2)]
+    assert all(name in s3[0].basis for name in ("storage-data", "storage-artifacts", "storage-capture"))
     assert estimate(rendered["dev"]).total_max < report.total_max
 
 
