@@ -43,6 +43,9 @@ IMAGE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHON
              "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}  # the Dockerfile's runtime ENV
 SCRATCH_ROOT = ROOT / ".mlops" / "contract"  # not under /tmp: each container gets its own /tmp
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+SERVICE_ACCOUNT_TOKEN = "contract-test-token"
+# The in-code override for the token directory a kubelet mounts at a fixed path (workloads/monitoring).
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -262,6 +265,8 @@ class Kubelet:
         scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch_root))
         env = {**IMAGE_ENV, **resolve_env(container, self.cluster)}
         mapping = {IMAGE_WORKDIR: str(self.image_workdir), **self._volumes(pod, container, scratch)}
+        if TOKEN_MOUNT in mapping:
+            env["MLOPS_KUBE_TOKEN_DIR"] = TOKEN_MOUNT
         env = {k: _remap(v, mapping) for k, v in {**env, **(extra_env or {})}.items()}
         argv = [_remap(a, mapping) for a in argv_of(container, env)]
         limit = container.get("resources", {}).get("limits", {}).get("memory")
@@ -284,11 +289,31 @@ class Kubelet:
                 continue
             target = scratch / "volumes" / mount["name"]
             target.mkdir(parents=True)
-            if "configMap" in volume:
-                for key, text in self.cluster.configmaps[volume["configMap"]["name"]].items():
-                    (target / key).write_text(text)
+            for key, text in self._volume_files(volume).items():
+                (target / key).write_text(text)
             mapping[path] = str(target)
         return mapping
+
+    def _volume_files(self, volume: dict[str, Any]) -> dict[str, str]:
+        """The files a ConfigMap, Secret or projected service-account volume shows in the pod."""
+        if "configMap" in volume:
+            return self._items(self.cluster.configmaps[volume["configMap"]["name"]], volume["configMap"])
+        if "secret" in volume:
+            return self._items(self.cluster.secrets[volume["secret"]["secretName"]], volume["secret"])
+        files: dict[str, str] = {}
+        for source in volume.get("projected", {}).get("sources", []):
+            if "serviceAccountToken" in source:
+                files[source["serviceAccountToken"]["path"]] = SERVICE_ACCOUNT_TOKEN
+            for item in source.get("downwardAPI", {}).get("items", []):
+                assert item["fieldRef"]["fieldPath"] == "metadata.namespace", item
+                files[item["path"]] = self.cluster.namespace
+        return files  # kube-root-ca.crt is left out: the stand-in API server speaks plain HTTP
+
+    @staticmethod
+    def _items(data: dict[str, str], source: dict[str, Any]) -> dict[str, str]:
+        if "items" not in source:
+            return dict(data)
+        return {item["path"]: data[item["key"]] for item in source["items"]}
 
     def run_job(self, name: str, pod: dict[str, Any], container: dict[str, Any], deadline: float,
                 extra_env: dict[str, str] | None = None) -> Outcome:
