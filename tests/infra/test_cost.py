@@ -280,3 +280,26 @@ def test_preview_workflow_posts_the_cost_delta_against_the_base_branch() -> None
                             "vendor.github-workflows", str(path)], capture_output=True, text=True, timeout=60,
                            check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def test_mlops_plan_cost_prints_json_and_the_delta_against_a_baseline(tmp_path) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from workloads.cli import app
+
+    runner = CliRunner()
+    head = runner.invoke(app, ["plan", "ci", "--cost", "--json"])
+    assert head.exit_code == 0, head.output
+    report = json.loads(head.stdout)
+    assert report["stack"] == "ci" and report["total"]
+    cheaper = copy.deepcopy(report)
+    cheaper["lines"] = cheaper["lines"][:1]
+    base = tmp_path / "base-cost.json"
+    base.write_text(json.dumps(cheaper))
+    delta = runner.invoke(app, ["plan", "ci", "--cost", "--baseline", str(base)])
+    assert delta.exit_code == 0, delta.output
+    assert delta.stdout == diff(cheaper, report) + "\n"
+    table = runner.invoke(app, ["plan", "ci", "--cost"])
+    assert table.exit_code == 0 and "total" in table.stdout

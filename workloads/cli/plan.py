@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -12,7 +13,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from workloads.cli.app import app, console
-from workloads.errors import ConfigInvalid
+from workloads.errors import ConfigInvalid, UsageError
 
 if TYPE_CHECKING:  # importing pulumi costs a second: only `mlops plan` pays it
     from components.render import RenderedResource, RenderResult
@@ -21,9 +22,12 @@ if TYPE_CHECKING:  # importing pulumi costs a second: only `mlops plan` pays it
 @app.command()
 def plan(
     stack: str = typer.Argument(..., help="Stack name (dev, staging, prod, ci, local) or a path to a stack file."),
-    as_json: bool = typer.Option(False, "--json", help="Print resources as JSON instead of a tree."),
+    as_json: bool = typer.Option(False, "--json", help="Print resources (or with --cost, the estimate) as JSON."),
+    cost: bool = typer.Option(False, "--cost", help="Monthly cost estimate per resource instead of the tree."),
+    baseline: Path | None = typer.Option(None, "--baseline", help="With --cost: compare with a `--cost --json` "
+                                         "file and print the delta as Markdown (what the preview posts on a PR)."),
 ) -> None:
-    """Render an environment offline (no cloud, no credentials) and print its resource tree."""
+    """Render an environment offline (no cloud, no credentials) and print its resource tree or its cost."""
     from components.config import ConfigError
     from components.render import render_stack
 
@@ -31,10 +35,28 @@ def plan(
         result = render_stack(stack)
     except ConfigError as exc:
         raise ConfigInvalid(str(exc)) from None
-    if as_json:
+    if cost:
+        print_cost(result, as_json=as_json, baseline=baseline)
+    elif as_json:
         typer.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:
         print_plan(result, console)
+
+
+def print_cost(result: RenderResult, *, as_json: bool, baseline: Path | None) -> None:
+    from components.cost import diff, estimate
+    from components.prices import PriceError
+
+    try:
+        report = estimate(result)
+    except PriceError as exc:
+        raise UsageError(str(exc)) from None
+    if baseline is not None:
+        typer.echo(diff(json.loads(baseline.read_text()), report.to_json()))
+    elif as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(report.table())
 
 
 def _label(resource: RenderedResource) -> str:
