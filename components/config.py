@@ -20,15 +20,14 @@ from typing import Annotated, Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic_core import ErrorDetails
+
+from components import config_values as cv
+from components.config_errors import format_validation_error
 
 PROJECT = "mlops-platform"
 
-# Kubernetes object names (RFC 1123 labels) and image tags.
-DNS_LABEL = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
+# Names, quantities, schedules and images are checked types (`cv.*`, components/config_values.py).
 IMAGE_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
-CRON = r"^(@(hourly|daily|weekly|monthly))|((\S+\s+){4}\S+)$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 SNS_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 
@@ -61,24 +60,25 @@ class Cloud(StrEnum):
 class _Section(BaseModel):
     """Config sections use camelCase keys in YAML, like every Pulumi provider."""
 
+    # allow_inf_nan=False: `.inf` and `nan` are never a setting (one finite-number rule for every float).
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False
     )
 
 
 class Tags(_Section):
-    owner: str = Field(min_length=1)
-    cost_center: str = Field(min_length=1)
-    extra: dict[str, str] = {}
+    owner: cv.TagValue = Field(min_length=1)
+    cost_center: cv.TagValue = Field(min_length=1)
+    extra: cv.AwsTags = {}
 
 
 class NetworkConfig(_Section):
     mode: Literal["create", "existing"] = "create"
     cidr: str = "10.0.0.0/16"
     az_count: Annotated[int, Field(ge=2, le=6)] | None = None
-    vpc_id: str | None = None
-    private_subnet_ids: list[str] = []
-    public_subnet_ids: list[str] = []
+    vpc_id: cv.VpcId | None = None
+    private_subnet_ids: list[cv.SubnetId] = []
+    public_subnet_ids: list[cv.SubnetId] = []
     flow_logs: bool | None = None
 
     @field_validator("cidr")
@@ -96,30 +96,53 @@ class NetworkConfig(_Section):
     def _existing_needs_ids(self) -> NetworkConfig:
         if self.mode == "existing" and (not self.vpc_id or not self.private_subnet_ids):
             raise ValueError("mode 'existing' needs vpcId and privateSubnetIds")
+        cv.only_in_mode(self, "existing", ("vpc_id", "private_subnet_ids", "public_subnet_ids"))
         return self
 
 
-class NodePool(_Section):
-    name: str = Field(pattern=DNS_LABEL)
-    instance_types: list[str] = Field(min_length=1)
-    min_size: int = Field(default=0, ge=0)
+class _Pool(_Section):
+    """What every node pool shares: instance types that fit its AMI, and min <= max."""
+
+    instance_types: list[cv.InstanceType] = Field(min_length=1)
+    min_size: int = Field(default=0, ge=0, le=200)
     max_size: int = Field(default=4, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _sizes_and_types(self) -> _Pool:
+        if self.min_size > self.max_size:
+            raise ValueError(f"minSize: {self.min_size} is above maxSize {self.max_size}; minSize <= maxSize")
+        gpu = getattr(self, "gpu", False)  # the system pool is CPU only
+        wrong = [t for t in self.instance_types if cv.is_nvidia_gpu(t) != gpu]
+        if wrong and gpu:
+            raise ValueError(f"instanceTypes: {wrong} have no NVIDIA GPU but gpu is true; "
+                             "use GPU types such as g5.xlarge or g6.xlarge, or set gpu: false")
+        if wrong:
+            raise ValueError(f"instanceTypes: {wrong} are GPU types on a CPU pool; use CPU types "
+                             "such as m6i.large (training pools: or set gpu: true)")
+        return self
+
+
+class NodePool(_Pool):
+    name: cv.PoolName
     spot: bool = False
     gpu: bool = False
     disk_size_gb: int = Field(default=100, ge=20, le=16384)
-    labels: dict[str, str] = {}
+    labels: cv.NodeLabels = {}
 
-    @model_validator(mode="after")
-    def _sizes(self) -> NodePool:
-        if self.min_size > self.max_size:
-            raise ValueError(f"minSize {self.min_size} is above maxSize {self.max_size}")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in cv.RESERVED_POOL_NAMES:
+            raise ValueError(f"is the built-in pool's name; choose another (reserved: {sorted(cv.RESERVED_POOL_NAMES)})")
+        return value
 
 
-class SystemPool(_Section):
-    instance_types: list[str] = ["m6i.large"]
-    min_size: int = Field(default=2, ge=1)
-    max_size: int = Field(default=4, ge=1)
+class SystemPool(_Pool):
+    """On-demand CPU nodes for the tracking server and the endpoints."""
+
+    instance_types: list[cv.InstanceType] = Field(default=["m6i.large"], min_length=1)
+    min_size: int = Field(default=2, ge=1, le=200)
+    max_size: int = Field(default=4, ge=1, le=200)
 
 
 class ClusterConfig(_Section):
@@ -131,9 +154,9 @@ class ClusterConfig(_Section):
     system_pool: SystemPool = SystemPool()
     training_pools: list[NodePool] = []
     # existing: the stack that created the cluster (`org/mlops-platform/dev`).
-    stack_reference: str | None = None
+    stack_reference: str | None = Field(default=None, pattern=r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
     # kubeconfig: the context to use from the `kubeconfig` secret (or ~/.kube/config).
-    context: str | None = None
+    context: str | None = Field(default=None, min_length=1)
     autoscaler_version: str = "v1.31.0"
 
     @field_validator("public_access_cidrs")
@@ -152,9 +175,10 @@ class ClusterConfig(_Section):
     def _mode_needs(self) -> ClusterConfig:
         if self.mode == "existing" and not self.stack_reference:
             raise ValueError("mode 'existing' needs stackReference (the stack that owns the cluster)")
-        names = [p.name for p in self.training_pools]
-        if len(names) != len(set(names)):
-            raise ValueError(f"training pool names must be unique, got {names}")
+        cv.unique_names("trainingPools", [p.name for p in self.training_pools])
+        cv.only_in_mode(self, "create", ("public_access_cidrs", "system_pool", "training_pools", "autoscaler_version"))
+        cv.only_in_mode(self, "existing", ("stack_reference",))
+        cv.only_in_mode(self, "kubeconfig", ("context",))
         return self
 
 
@@ -162,58 +186,58 @@ class StorageConfig(_Section):
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     abort_multipart_days: int = Field(default=7, ge=1, le=365)
     # cloud: none -> in-cluster MinIO
-    minio_volume_size: str = Field(default="20Gi", pattern=QUANTITY)
-    minio_image: str = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
-    minio_client_image: str = "quay.io/minio/mc:RELEASE.2025-04-16T18-13-26Z"
+    minio_volume_size: cv.VolumeSize = "20Gi"
+    minio_image: cv.ImageReference = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+    minio_client_image: cv.ImageReference = "quay.io/minio/mc:RELEASE.2025-04-16T18-13-26Z"
 
 
 class DatabaseConfig(_Section):
-    instance_class: str = "db.t4g.medium"
+    instance_class: cv.DbInstanceClass = "db.t4g.medium"
     allocated_storage_gb: int = Field(default=20, ge=20, le=65536)
-    engine_version: str = "16"
+    engine_version: cv.PostgresVersion = "16"
     backup_retention_days: int | None = Field(default=None, ge=0, le=35)
     multi_az: bool | None = None
     # in-cluster Postgres (ci, local, cloud: none)
-    volume_size: str = Field(default="10Gi", pattern=QUANTITY)
-    image: str = "postgres:16.4-alpine"
+    volume_size: cv.VolumeSize = "10Gi"
+    image: cv.ImageReference = "postgres:16.4-alpine"
 
 
 class TrackingConfig(_Section):
     replicas: int = Field(default=1, ge=1, le=20)
     workers: int = Field(default=2, ge=1, le=32)
-    admin_username: str = Field(default="admin", min_length=1)
-    host: str | None = None  # external host name; an Ingress with TLS when set
-    tls_secret_name: str | None = None
-    cpu: str = Field(default="500m", pattern=QUANTITY)
-    memory: str = Field(default="1Gi", pattern=QUANTITY)
+    admin_username: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    host: cv.HostName | None = None  # external host name; an Ingress with TLS when set
+    tls_secret_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    cpu: cv.Cpu = "500m"
+    memory: cv.Memory = "1Gi"
     database: DatabaseConfig = DatabaseConfig()
 
 
 class Replicas(_Section):
-    min: int = Field(default=1, ge=0)
+    min: int = Field(default=1, ge=0, le=100)
     max: int = Field(default=3, ge=1, le=100)
 
     @model_validator(mode="after")
     def _order(self) -> Replicas:
         if self.min > self.max:
-            raise ValueError(f"min {self.min} is above max {self.max}")
+            raise ValueError(f"min: {self.min} is above max {self.max}; min <= max")
         return self
 
 
 class ServingEndpoint(_Section):
-    name: str = Field(pattern=DNS_LABEL)
+    name: cv.EndpointName
     model: str = Field(min_length=1)
     alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     replicas: Replicas = Replicas()
-    cpu: str = Field(default="500m", pattern=QUANTITY)
-    memory: str = Field(default="1Gi", pattern=QUANTITY)
+    cpu: cv.Cpu = "500m"
+    memory: cv.Memory = "1Gi"
     workers: int = Field(default=1, ge=1, le=32)
     max_batch_rows: int = Field(default=256, ge=1, le=100_000)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     capture: bool = True
-    host: str | None = None
+    host: cv.HostName | None = None
     # Bumping this rolls the Deployment (the alias is resolved at start-up).
-    model_version: str | None = None
+    model_version: cv.VersionText | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
 
 
 class ServingConfig(_Section):
@@ -221,42 +245,39 @@ class ServingConfig(_Section):
 
     @model_validator(mode="after")
     def _unique(self) -> ServingConfig:
-        names = [e.name for e in self.endpoints]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"endpoint names must be unique, repeated: {dupes}")
+        cv.unique_names("endpoints", [e.name for e in self.endpoints])
         return self
 
 
 class TrainingJob(_Section):
-    name: str = Field(pattern=DNS_LABEL)
+    name: cv.TrainingName
     spec: str = Field(min_length=1)  # path of the training spec inside the image
     pool: str | None = None  # training pool name; None -> any training pool
     gpus: int = Field(default=0, ge=0, le=8)
-    cpu: str = Field(default="2", pattern=QUANTITY)
-    memory: str = Field(default="4Gi", pattern=QUANTITY)
+    cpu: cv.Cpu = "2"
+    memory: cv.Memory = "4Gi"
     search_shards: int = Field(default=1, ge=1, le=100)
     backoff_limit: int = Field(default=1, ge=0, le=10)
-    active_deadline_seconds: int = Field(default=3 * 3600, ge=60)
-    ttl_seconds_after_finished: int = Field(default=24 * 3600, ge=0)
+    active_deadline_seconds: int = Field(default=3 * 3600, ge=60, le=30 * 24 * 3600)
+    ttl_seconds_after_finished: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
 
 
 class MonitoringConfig(_Section):
-    schedule: str = Field(default="0 * * * *", pattern=CRON)
+    schedule: cv.CronSchedule = "0 * * * *"
     window_hours: int = Field(default=24, ge=1, le=24 * 90)
-    min_rows: int = Field(default=200, ge=1)
+    min_rows: int = Field(default=200, ge=1, le=100_000_000)
     drift_share: float = Field(default=0.3, gt=0, le=1)
-    psi_threshold: float = Field(default=0.2, gt=0)
+    psi_threshold: float = Field(default=0.2, gt=0, le=10)
     metric_drop: float = Field(default=0.05, ge=0, le=1)
-    cooldown_hours: float = Field(default=6, ge=0)
-    alert_webhook: str | None = None
-    alert_sns_topic_arn: str | None = None
+    cooldown_hours: float = Field(default=6, ge=0, le=24 * 90)
+    alert_webhook: cv.WebhookUrl | None = None
+    alert_sns_topic_arn: str | None = Field(default=None, pattern=SNS_ARN)
     retrain_job: str | None = None  # the training job to re-run when drift is found
 
 
 class WorkloadsConfig(_Section):
-    image: str = "ghcr.io/mlops-platform/workloads"
-    image_tag: str = Field(default="0.1.0", pattern=IMAGE_TAG)
+    image: cv.ImageRepository = "ghcr.io/mlops-platform/workloads"
+    image_tag: cv.VersionText = Field(default="0.1.0", pattern=IMAGE_TAG)
     training: list[TrainingJob] = []
     monitoring: MonitoringConfig = MonitoringConfig()
 
@@ -266,6 +287,15 @@ class WorkloadsConfig(_Section):
         if value == "latest":
             raise ValueError("'latest' is not allowed: pin a version so rollouts are reproducible")
         return value
+
+    @model_validator(mode="after")
+    def _jobs(self) -> WorkloadsConfig:
+        names = [job.name for job in self.training]
+        cv.unique_names("training", names)
+        retrain = self.monitoring.retrain_job
+        if retrain is not None and retrain not in names:
+            raise ValueError(f"monitoring.retrainJob: {retrain!r} is not a training job; known: {names}")
+        return self
 
 
 class ProtectionConfig(_Section):
@@ -284,11 +314,11 @@ class BudgetConfig(_Section):
     alert_emails: list[Annotated[str, Field(pattern=EMAIL)]] = []
     # None -> workloads.monitoring.alertSnsTopicArn; with neither and no emails, a topic is created.
     alert_sns_topic_arn: str | None = Field(default=None, pattern=SNS_ARN)
-    assumed_s3_gb: int = Field(default=100, ge=0)  # S3 is priced at this size: it holds data, not config
+    assumed_s3_gb: int = Field(default=100, ge=0, le=10_000_000)  # S3 is priced at this size: it holds data, not config
 
 
 class EnvironmentConfig(_Section):
-    name: str = Field(pattern=DNS_LABEL)
+    name: cv.EnvName
     kind: Kind
     cloud: Cloud = Cloud.aws
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
@@ -312,10 +342,22 @@ class EnvironmentConfig(_Section):
             raise ValueError(f"cluster.mode: {self.cluster.mode!r} must be 'kubeconfig' when cloud is 'none'")
         if self.cloud == Cloud.aws and self.cluster.mode == "kubeconfig":
             raise ValueError("cluster.mode: 'kubeconfig' needs cloud 'none'")
-        pools = [p.name for p in self.cluster.training_pools]
+        pools = {p.name: p for p in self.cluster.training_pools}
         for i, job in enumerate(self.workloads.training):
             if job.pool and self.cluster.mode == "create" and job.pool not in pools:
-                raise ValueError(f"workloads.training[{i}].pool: {job.pool!r} names unknown pool; known: {pools}")
+                raise ValueError(f"workloads.training[{i}].pool: {job.pool!r} names unknown pool; known: {list(pools)}")
+            if job.gpus and job.pool in pools and not pools[job.pool].gpu:
+                raise ValueError(f"workloads.training[{i}].gpus: {job.gpus} but pool {job.pool!r} has no GPUs; "
+                                 "use a pool with gpu: true or gpus: 0")
+        return self
+
+    @model_validator(mode="after")
+    def _derived_names(self) -> EnvironmentConfig:
+        """RDS takes `mlops-<name>-` as its identifier prefix: at most 37 characters, no `--`."""
+        if not self.in_cluster_database and self.cloud == Cloud.aws:
+            if len(self.name) > cv.ENV_NAME_MAX_WITH_RDS or "--" in self.name:
+                raise ValueError(f"name: {self.name!r} must be at most {cv.ENV_NAME_MAX_WITH_RDS} characters without "
+                                 "'--' because RDS builds its identifier mlops-<name>-<26 characters> (<= 63)")
         return self
 
     # Kind-derived defaults, in one place.
@@ -386,8 +428,8 @@ class Secrets:
 
     def __init__(self, config: pulumi.Config, env: EnvironmentConfig):
         self.tracking_admin_password: pulumi.Output[str] = _require_secret(config, "trackingAdminPassword")
-        self.database_password: pulumi.Output[str] | None = config.get_secret("databasePassword")
-        self.kubeconfig: pulumi.Output[str] | None = config.get_secret("kubeconfig")
+        self.database_password: pulumi.Output[str] | None = _optional_secret(config, "databasePassword")
+        self.kubeconfig: pulumi.Output[str] | None = _optional_secret(config, "kubeconfig")
 
 
 def _all_config() -> dict[str, Any]:
@@ -403,70 +445,36 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _plain_text_problem(config: pulumi.Config, key: str) -> str | None:
+    full = f"{PROJECT}:{key}"
+    if not _is_secret(full):
+        return f"{full}: is stored in plain text; set it with `pulumi config set --secret {key} <value>`"
+    if not config.get(key):
+        return f"{full}: is empty; set it with `pulumi config set --secret {key} <value>` or remove it"
+    return None
+
+
+def _optional_secret(config: pulumi.Config, key: str) -> pulumi.Output[str] | None:
+    if config.get(key) is None:
+        return None
+    problem = _plain_text_problem(config, key)
+    if problem:
+        raise ConfigError(problem)
+    return config.require_secret(key)
+
+
 def _require_secret(config: pulumi.Config, key: str) -> pulumi.Output[str]:
     full = f"{PROJECT}:{key}"
     if config.get(key) is None:
         raise ConfigError(
             f"{full}: missing; set it with `pulumi config set --secret {key} <value>`"
         )
-    if not _is_secret(full):
-        raise ConfigError(f"{full}: is stored in plain text; set it with `pulumi config set --secret {key}`")
+    problem = _plain_text_problem(config, key)
+    if problem:
+        raise ConfigError(problem)
     if key == "trackingAdminPassword" and len(config.get(key) or "") < 12:
         raise ConfigError(f"{full}: is shorter than 12 characters; MLflow's auth requires at least 12")
     return config.require_secret(key)
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `serving.endpoints[1].replicas.min: -1 is below 0`."""
-    lines = []
-    for error in exc.errors():
-        path = _format_loc(error["loc"])
-        value = error.get("input")
-        if not error["loc"]:
-            # Whole-environment rules name their own keys: "protection.forceDestroy: ...".
-            lines.append(f"{PROJECT}:{_explain(error)}")
-        elif error["type"] == "missing":
-            lines.append(f"{PROJECT}:{path}: is required")
-        elif isinstance(value, dict):
-            # A rule across a section's keys: the message names them, the dict would be noise.
-            lines.append(f"{PROJECT}:{path}: {_explain(error)}")
-        else:
-            lines.append(f"{PROJECT}:{path}: {json.dumps(value, default=str)} {_explain(error)}")
-    return "\n".join(lines)
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(root)"
-
-
-def _explain(error: ErrorDetails) -> str:
-    ctx = error.get("ctx") or {}
-    kind = error["type"]
-    if kind == "greater_than_equal":
-        return f"is below {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be greater than {ctx['gt']}"
-    if kind == "less_than_equal":
-        return f"is above {ctx['le']}"
-    if kind == "extra_forbidden":
-        return "is not a known key (check the spelling; see the configuration reference in README.md)"
-    if kind == "missing":
-        return "is required"
-    if kind == "enum":
-        return f"is not allowed; expected one of {ctx.get('expected')}"
-    if kind == "literal_error":
-        return f"is not allowed; expected {ctx.get('expected')}"
-    if kind == "string_pattern_mismatch":
-        return f"does not match the pattern {ctx.get('pattern')}"
-    if kind in ("value_error", "assertion_error"):
-        return str(ctx.get("error", error["msg"]))
-    return error["msg"][0].lower() + error["msg"][1:]
 
 
 def parse_environment(raw: dict[str, Any]) -> EnvironmentConfig:
@@ -474,7 +482,7 @@ def parse_environment(raw: dict[str, Any]) -> EnvironmentConfig:
     try:
         return EnvironmentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, PROJECT, EnvironmentConfig)) from None
 
 
 def load_environment() -> tuple[EnvironmentConfig, Secrets]:

@@ -17,18 +17,16 @@ import runpy
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
 from components.config import PROJECT
+from components.stack_file import ROOT, load_stack_config, stack_file, stack_name_of
 
-ROOT = Path(__file__).resolve().parent.parent
-STACKS_DIR = ROOT / "stacks"
+# Reading a stack file (and its one-line errors) lives in stack_file.py; callers import it from here too.
 ACCOUNT_ID = "123456789012"
 _SECRET_SIG = rpc._special_secret_sig  # marks a secret value on the wire
 _render_lock = threading.Lock()  # the Pulumi runtime is process-global state
@@ -218,27 +216,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 )
             )
         return response
-
-
-def stack_file(stack: str) -> Path:
-    """`dev` -> stacks/Pulumi.dev.yaml; a path is taken as it is."""
-    path = Path(stack)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    candidate = STACKS_DIR / f"Pulumi.{stack}.yaml"
-    if not candidate.exists():
-        known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS_DIR.glob("Pulumi.*.yaml"))
-        raise FileNotFoundError(f"no stack file {candidate} (stacks: {', '.join(known)})")
-    return candidate
-
-
-def stack_name_of(path: Path) -> str:
-    return path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-
-
-def load_stack_config(path: Path) -> dict[str, Any]:
-    document = yaml.safe_load(path.read_text()) or {}
-    return dict(document.get("config") or {})
 
 
 def render_stack(
