@@ -63,6 +63,8 @@ class Cluster:
     rewrites: dict[str, str] = field(default_factory=dict)  # substring -> replacement, applied to env values
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. static credentials standing in for IRSA
     namespace: str = "default"
+    # Per service account: what IRSA would give the pod (access keys of a user holding exactly the role's policy).
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -263,7 +265,8 @@ class Kubelet:
     def start(self, name: str, pod: dict[str, Any], container: dict[str, Any], *,
               extra_env: dict[str, str] | None = None) -> Process:
         scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.scratch_root))
-        env = {**IMAGE_ENV, **resolve_env(container, self.cluster)}
+        env = {**IMAGE_ENV, **resolve_env(container, self.cluster),
+               **self.cluster.credentials.get(pod.get("serviceAccountName", "default"), {})}
         mapping = {IMAGE_WORKDIR: str(self.image_workdir), **self._volumes(pod, container, scratch)}
         if TOKEN_MOUNT in mapping:
             env["MLOPS_KUBE_TOKEN_DIR"] = TOKEN_MOUNT
