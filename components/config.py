@@ -353,11 +353,14 @@ class EnvironmentConfig(_Section):
 
     @model_validator(mode="after")
     def _derived_names(self) -> EnvironmentConfig:
-        """RDS takes `mlops-<name>-` as its identifier prefix: at most 37 characters, no `--`."""
+        """RDS takes `mlops-<name>-` as its identifier prefix; MinIO names buckets `mlops-<name>-<role>`."""
         if not self.in_cluster_database and self.cloud == Cloud.aws:
             if len(self.name) > cv.ENV_NAME_MAX_WITH_RDS or "--" in self.name:
                 raise ValueError(f"name: {self.name!r} must be at most {cv.ENV_NAME_MAX_WITH_RDS} characters without "
                                  "'--' because RDS builds its identifier mlops-<name>-<26 characters> (<= 63)")
+        if self.cloud == Cloud.none and len(self.name) > cv.ENV_NAME_MAX_WITH_MINIO:
+            raise ValueError(f"name: {self.name!r} must be at most {cv.ENV_NAME_MAX_WITH_MINIO} characters because "
+                             "MinIO's bucket mlops-<name>-artifacts must be at most 63")
         return self
 
     # Kind-derived defaults, in one place.

@@ -30,6 +30,7 @@ ENDPOINT_NAME_MAX = CRONJOB_NAME_MAX - len("monitor-")  # CronJob monitor-<name>
 POOL_NAME_MAX = DNS_LABEL_MAX - len("cluster-") - AUTONAME_SUFFIX  # EKS node group cluster-<pool>-xxxxxxx
 ENV_NAME_MAX = DNS_LABEL_MAX - len("mlops-")  # namespace mlops-<name>
 ENV_NAME_MAX_WITH_RDS = RDS_PREFIX_MAX - len("mlops--")  # RDS identifier prefix mlops-<name>-
+ENV_NAME_MAX_WITH_MINIO = DNS_LABEL_MAX - len("mlops--artifacts")  # cloud none: bucket mlops-<name>-artifacts
 # The node group resources use `<component>-system`: a training pool named so would collide.
 RESERVED_POOL_NAMES = frozenset({"system"})
 

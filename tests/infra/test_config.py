@@ -7,12 +7,16 @@ naming the stack file key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
 from components.config import ConfigError, EnvironmentConfig, Kind, parse_environment
 from components.render import load_stack_config, render_stack, stack_file
+from tests.infra.helpers import manifests
 
 STACKS = ["dev", "staging", "prod", "ci", "local"]
 PASSWORD = "correct-horse-battery-staple"
@@ -173,6 +177,10 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
      "identifier mlops-<name>-<26 characters> (<= 63)"),
     ("environment name with -- for RDS", {"mlops-platform:name": "dev--a"},
      "mlops-platform:name: 'dev--a' must be at most 30 characters without '--'"),
+    ("environment name too long for MinIO's buckets", {"mlops-platform:name": "n" * 48, "mlops-platform:cloud": "none",
+                                                        "mlops-platform:cluster": {"mode": "kubeconfig"}},
+     "mlops-platform:name: '" + "n" * 48 + "' must be at most 47 characters because MinIO's bucket "
+     "mlops-<name>-artifacts must be at most 63"),
     ("environment name too long for a namespace", {"mlops-platform:name": "n" * 58},
      "mlops-platform:name: \"" + "n" * 58 + "\" is 58 characters; at most 57 fit because the namespace mlops-<name>"),
     ("pool named like the built-in pool", {"mlops-platform:cluster.trainingPools[0].name": "system",
@@ -352,3 +360,178 @@ def test_all_errors_reported_at_once() -> None:
     message = str(caught.value)
     assert "tracking.replicas: 0 is below 1" in message
     assert "network.cidr: \"nope\"" in message
+
+
+# --- valid edge cases: at every limit, in every accepted spelling, the stack renders ------------
+
+NAME_LIMITS = {"CronJob": 52, "StatefulSet": 52, "Service": 63, "Namespace": 63, "Job": 63}
+VALID_EDGES: list[tuple[str, str, dict[str, Any]]] = [
+    ("longest names on AWS with RDS", "dev", {
+        "mlops-platform:name": "e" * 30,
+        "mlops-platform:cluster.trainingPools[0].name": "p" * 47,
+        "mlops-platform:workloads.training[0]": {"name": "t" * 39, "spec": "/app/specs/churn.yaml", "pool": "p" * 47},
+        "mlops-platform:workloads.monitoring.retrainJob": "t" * 39,
+        "mlops-platform:serving.endpoints[0].name": "s" * 44,
+    }),
+    ("every accepted spelling", "dev", {
+        "mlops-platform:serving.endpoints[0]": {"name": "churn", "model": "churn", "cpu": 2, "memory": "1.5Gi",
+                                               "modelVersion": 3, "host": "churn.ml.example.com"},
+        "mlops-platform:workloads.training[0].cpu": "10m",
+        "mlops-platform:workloads.training[0].memory": "32Mi",
+        "mlops-platform:workloads.monitoring.schedule": "0-59/15 0-23 1-31 JAN-DEC sun-sat",
+        "mlops-platform:workloads.monitoring.alertWebhook": "http://alertmanager.monitoring.svc:9093/api/v2/alerts",
+        "mlops-platform:tracking.database": {"engineVersion": 16, "instanceClass": "db.m7i.2xlarge",
+                                             "image": "postgres@sha256:" + "0" * 64},
+        "mlops-platform:tags.extra": {"team name": "ML Plattform ü", "example.com/ticket": "OPS-1"},
+        "mlops-platform:cluster.trainingPools[1].instanceTypes": ["g6e.xlarge", "p4d.24xlarge", "g5.metal"],
+        "mlops-platform:cluster.trainingPools[0].labels": {"example.com/team": "ml", "tier": ""},
+        "mlops-platform:cluster.systemPool": {"instanceTypes": ["m7i-flex.large", "m6i.metal"]},
+        "mlops-platform:network": {"mode": "existing", "vpcId": "vpc-0123abcd",
+                                   "privateSubnetIds": ["subnet-0123456789abcdef0", "subnet-89abcdef"]},
+    }),
+    ("longest name without RDS (cloud none)", "local", {
+        "mlops-platform:name": "l" * 47,
+        "mlops-platform:workloads.monitoring.schedule": "@hourly",
+        "mlops-platform:storage.minioVolumeSize": "16Ti",
+    }),
+]
+
+
+@pytest.mark.parametrize(("case", "stack", "changes"), VALID_EDGES, ids=[c[0] for c in VALID_EDGES])
+def test_valid_edge_cases_render(case: str, stack: str, changes: dict[str, Any]) -> None:
+    config = with_changes(copy.deepcopy(load_stack_config(stack_file(stack))), changes)
+    result = render_config(config)
+    assert result.resources
+    problems = []
+    for m in manifests(result):
+        name = m["metadata"].get("name", "")
+        if len(name) > NAME_LIMITS.get(m["kind"], 253):
+            problems.append(f"{m['kind']} {name} is {len(name)} characters")
+        problems += [f"{m['kind']} {name}: label {k}={v}" for k, v in _labels(m) if len(str(v)) > 63]
+    assert problems == []
+    if case.startswith("longest names"):
+        # The derived-name limits are exact: the longest CronJob is exactly at Kubernetes' limit.
+        assert max(len(m["metadata"]["name"]) for m in manifests(result, "CronJob")) == 52
+
+
+def _labels(node: Any) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("labels", "matchLabels") and isinstance(value, dict):
+                found += value.items()
+            found += _labels(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _labels(item)
+    return found
+
+
+# --- classes of values: every field of a kind follows the kind's rule ----------------------------
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    if get_origin(annotation) in (Annotated, Union, types.UnionType):
+        args = get_args(annotation)[:1] if get_origin(annotation) is Annotated else get_args(annotation)
+        return set().union(*(_base_types(a) for a in args))
+    return {annotation}
+
+
+def _leaf_fields(model: type[BaseModel], path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
+    """(path, annotation) of every non-section field; lists of sections are entered at [0]."""
+    leaves = []
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        section = next((t for t in _base_types(info.annotation) | set(get_args(info.annotation))
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if section is not None:
+            index = (0,) if get_origin(info.annotation) is list else ()
+            leaves += _leaf_fields(section, (*path, key, *index))
+        else:
+            leaves.append(((*path, key), info.annotation))
+    return leaves
+
+
+def _dev_raw() -> dict[str, Any]:
+    return {k.removeprefix("mlops-platform:"): v for k, v in dev_config().items()
+            if k.startswith("mlops-platform:") and not (isinstance(v, dict) and "secure" in v)}
+
+
+def _rejects(path: tuple[Any, ...], value: Any) -> str:
+    raw = _dev_raw()
+    node = raw
+    for part in path[:-1]:
+        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_environment(raw)
+    message = str(caught.value)
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    assert f"mlops-platform:{shown}" in message, message
+    return message
+
+
+LEAVES = _leaf_fields(EnvironmentConfig)
+NUMBERS = [p for p, a in LEAVES if _base_types(a) & {int, float} and bool not in _base_types(a)]
+
+
+def _named(pattern: str) -> list[tuple[Any, ...]]:
+    return [p for p, _ in LEAVES if re.search(pattern, str(p[-1]))]
+
+
+@pytest.mark.parametrize("path", NUMBERS, ids=[".".join(map(str, p)) for p in NUMBERS])
+def test_every_number_is_finite_and_bounded(path: tuple[Any, ...]) -> None:
+    assert "not a finite number" in _rejects(path, float("inf"))
+    assert "1e+30" in _rejects(path, 1e30)
+
+
+@pytest.mark.parametrize("path", _named(r"(?i)memory|volumesize"), ids=str)
+def test_every_memory_field_is_a_byte_quantity(path: tuple[Any, ...]) -> None:
+    assert "('m' means milli)" in _rejects(path, "512m")
+
+
+@pytest.mark.parametrize("path", _named(r"^cpu$"), ids=str)
+def test_every_cpu_field_is_a_cpu_quantity(path: tuple[Any, ...]) -> None:
+    assert "is not a CPU amount" in _rejects(path, "2Gi")
+
+
+@pytest.mark.parametrize("path", _named(r"(?i)image$"), ids=str)
+def test_every_image_field_is_a_reference(path: tuple[Any, ...]) -> None:
+    assert "is not an image" in _rejects(path, "registry.example.com/my image")
+
+
+@pytest.mark.parametrize("path", _named(r"(?i)host$"), ids=str)
+def test_every_host_field_is_a_host_name(path: tuple[Any, ...]) -> None:
+    assert "is a URL" in _rejects(path, "https://ml.example.com/")
+
+
+@pytest.mark.parametrize("path", _named(r"^name$"), ids=str)
+def test_every_name_is_a_bounded_dns_label(path: tuple[Any, ...]) -> None:
+    assert "is not a DNS label" in _rejects(path, "Name_With_Caps")
+    assert "characters; at most" in _rejects(path, "n" * 64)
+
+
+def test_the_class_tests_cover_the_fields_they_are_about() -> None:
+    # A renamed key must not silently empty a class test.
+    assert len(NUMBERS) >= 30
+    assert len(_named(r"(?i)memory|volumesize")) >= 5 and len(_named(r"^cpu$")) >= 3
+    assert len(_named(r"(?i)image$")) >= 4 and len(_named(r"(?i)host$")) >= 2 and len(_named(r"^name$")) >= 4
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["trackingAdminPassword", "databasePassword", "kubeconfig"])
+def test_every_secret_in_plain_text_is_rejected(key: str) -> None:
+    config = with_changes(dev_config(), {f"mlops-platform:{key}": "a-plain-text-value-of-some-length"})
+    secrets = {} if key == "trackingAdminPassword" else {"trackingAdminPassword": PASSWORD}
+    with pytest.raises(ConfigError) as caught:
+        render_config(config, secrets=secrets)
+    assert str(caught.value) == (f"mlops-platform:{key}: is stored in plain text; set it with "
+                                 f"`pulumi config set --secret {key} <value>`")
+    assert caught.value.registered_resources == []  # type: ignore[attr-defined]
+
+
+def test_optional_secrets_set_with_secret_are_accepted() -> None:
+    secrets = {"trackingAdminPassword": PASSWORD, "databasePassword": "another-long-password"}
+    assert render_config(dev_config(), secrets=secrets).resources
