@@ -149,7 +149,7 @@ class ClusterConfig(_Section):
     """`create` an EKS cluster, attach to an `existing` one, or use a `kubeconfig` context."""
 
     mode: Literal["create", "existing", "kubeconfig"] = "create"
-    version: str = Field(default="1.31", pattern=r"^1\.[0-9]{2}$")
+    version: cv.KubernetesVersion = "1.31"
     public_access_cidrs: list[str] = []
     system_pool: SystemPool = SystemPool()
     training_pools: list[NodePool] = []

@@ -106,6 +106,21 @@ def postgres_version(value: str) -> str:
 
 PostgresVersion = Annotated[str, BeforeValidator(_scalar_text), AfterValidator(postgres_version)]
 
+# Kubernetes minors Amazon EKS has released (its version calendar, 2026-12). Which of them a cluster
+# may still run (end of standard/extended support) is the EKS version table's decision; this refuses
+# versions that do not exist, such as 1.99.
+EKS_KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(23, 37))
+
+
+def kubernetes_version(value: str) -> str:
+    if value not in EKS_KUBERNETES_VERSIONS:
+        raise ValueError(f"is not a Kubernetes version EKS offers; use one of {EKS_KUBERNETES_VERSIONS[0]} "
+                         f"to {EKS_KUBERNETES_VERSIONS[-1]}, quoted (\"1.31\")")
+    return value
+
+
+KubernetesVersion = Annotated[str, BeforeValidator(_scalar_text), AfterValidator(kubernetes_version)]
+
 # --- Kubernetes quantities -----------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")

@@ -98,7 +98,10 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("boolean that is not one", {"mlops-platform:serving.endpoints[0].capture": "maybe"},
      "mlops-platform:serving.endpoints[0].capture: \"maybe\" is not a boolean; use true or false"),
     ("version read as a number", {"mlops-platform:cluster.version": 1.3},
-     "mlops-platform:cluster.version: 1.3 was read by YAML as a number; write it in quotes"),
+     "mlops-platform:cluster.version: 1.3 was read by YAML as the number 1.3; write it in quotes"),
+    ("Kubernetes version that does not exist", {"mlops-platform:cluster.version": "1.99"},
+     "mlops-platform:cluster.version: \"1.99\" is not a Kubernetes version EKS offers; use one of 1.23 to 1.36, "
+     "quoted (\"1.31\")"),
     ("image tag read as a number", {"mlops-platform:workloads.imageTag": 1.0},
      "mlops-platform:workloads.imageTag: 1.0 was read by YAML as the number 1.0; write it in quotes"),
     ("unknown environment kind", {"mlops-platform:kind": "production"},
