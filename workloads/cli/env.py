@@ -47,7 +47,8 @@ def env_create(
         check_name(name)
     except EnvError as exc:
         raise UsageError(str(exc)) from None
-    outputs = _environments(with_cluster=False).create(name, _duration(ttl))
+    lifetime = _duration(ttl)  # bad input is refused before anything needs the Pulumi CLI
+    outputs = _environments(with_cluster=False).create(name, lifetime)
     typer.echo(json.dumps(outputs, indent=2, default=str))
 
 
@@ -76,7 +77,8 @@ def env_reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be destroyed."),
 ) -> None:
     """Destroy ci environments past their TTL tag or older than --older-than (never dev, staging, prod)."""
-    results = _environments().reap(_duration(older_than), dry_run)
+    age = _duration(older_than)
+    results = _environments().reap(age, dry_run)
     failed = {k: v for k, v in results.items() if v}
     for name in results:
         console.print(f"{'would destroy' if dry_run else 'destroyed'} {name}"

@@ -48,7 +48,7 @@ class App(typer.Typer):
 def fail(exc: MlopsError) -> typing.NoReturn:
     # markup/emoji off: messages quote user values such as `[m6i.large]` or `:cloud:` verbatim.
     err_console.print(f"[red]{exc.kind}:[/red] ", end="")
-    err_console.print(str(exc), markup=False, emoji=False, highlight=False)
+    err_console.print(str(exc), markup=False, emoji=False, highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
