@@ -260,7 +260,7 @@ def _log_group(r: RenderedResource, ctx: _Context) -> None:
 
 
 def _price_buckets(ctx: _Context) -> None:
-    buckets = [b for t in BUCKETS for b in ctx.result.of_type(t)]
+    buckets = sorted((b for t in BUCKETS for b in ctx.result.of_type(t)), key=lambda b: b.name)  # render order varies
     if not buckets:
         return
     components = ctx.result.of_type(BUDGET_COMPONENT)
