@@ -82,6 +82,11 @@ class Environment:
     @cached_property
     def s3(self) -> Any:
         """A boto3 S3 client for this environment's buckets (one per Environment, thread-safe)."""
+        # Fail fast when the store is down instead of retrying for minutes.
+        return self.s3_client(connect_timeout=5, read_timeout=30, max_attempts=2)
+
+    def s3_client(self, *, connect_timeout: float, read_timeout: float, max_attempts: int) -> Any:
+        """A new S3 client for this environment's buckets with its own timeouts (capture gives up faster)."""
         import boto3
         from botocore.config import Config
 
@@ -93,8 +98,8 @@ class Environment:
             "s3",
             endpoint_url=self.outputs.s3_endpoint,
             region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            # Fail fast when the store is down instead of retrying for minutes.
-            config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
+            config=Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                          retries={"max_attempts": max_attempts, "mode": "standard"}),
             **credentials,
         )
 
