@@ -6,7 +6,7 @@
 Methods, each in its own subprocess on the same Parquet files (seconds exclude loading and are
 the best of `DRIFT_BENCH_REPEAT` runs, default 3; peak memory is tracemalloc's peak during the
 first run, which numpy and pandas report to; evidently runs once):
-- `ours`: `workloads.drift.compare` against a `ReferenceProfile`; building the profile is
+- `ours`: `workloads.monitoring.drift.compare` against a `ReferenceProfile`; building the profile is
   timed separately (`ours: profile`), since a monitor builds it once per reference dataset;
 - `scipy loop`: `scipy.stats.ks_2samp` per numeric column, `chi2_contingency` per categorical;
 - `sort bound`: sorting every numeric column of both tables once (one thread): the cost any
@@ -66,7 +66,8 @@ def make_tables(rows: int, n_numeric: int, n_categorical: int, seed: int = 0) ->
 
 
 def run_ours(ref: pd.DataFrame, cur: pd.DataFrame, phase: str) -> dict:
-    from workloads.monitoring.drift import ReferenceProfile, compare
+    from workloads.monitoring.drift import compare
+    from workloads.monitoring.profile import ReferenceProfile
 
     if phase == "profile":
         return _measure(lambda: ReferenceProfile.build(ref), lambda _: {})

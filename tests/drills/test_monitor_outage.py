@@ -17,19 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from workloads.environment import StackOutputs
+from workloads import layout
+from workloads.environment import Environment, StackOutputs
 
 pytestmark = pytest.mark.servers
 
 
 def test_cli_monitor_with_s3_down(churn_model: dict, local_stack: StackOutputs, tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
+    client = Environment(local_stack).mlflow_client()
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     (tmp_path / "outputs.json").write_text(local_stack.model_copy(update={"s3_endpoint": dead}).model_dump_json())
-    versions = len(MlflowClient().search_model_versions(f"name='{churn_model['name']}'"))
+    versions = len(client.search_model_versions(f"name='{churn_model['name']}'"))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "COLUMNS": "200"}
     proc = subprocess.run(
         [sys.executable, "-m", "workloads.cli", "monitor", "--endpoint", "drill", "--model", churn_model["name"],
@@ -40,4 +40,8 @@ def test_cli_monitor_with_s3_down(churn_model: dict, local_stack: StackOutputs, 
     assert "monitoring failed, nothing alerted or retrained" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 6, proc.stderr[-2000:]
     assert not (tmp_path / "alerts.jsonl").exists()
-    assert len(MlflowClient().search_model_versions(f"name='{churn_model['name']}'")) == versions
+    assert len(client.search_model_versions(f"name='{churn_model['name']}'")) == versions
+    experiment = client.get_experiment_by_name(layout.monitoring_experiment("drill"))
+    runs = client.search_runs([experiment.experiment_id])  # what the operator finds in MLflow
+    assert [r.info.status for r in runs] == ["FAILED"] and "object storage failed" in runs[0].data.tags[
+        "mlops.monitor.error"]

@@ -14,6 +14,12 @@ JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"generateName": "tr
 
 
 @pytest.fixture
+def job_manifest() -> dict:
+    """The Job manifest `mounted` writes (as components/jobs.py renders it, trimmed)."""
+    return json.loads(json.dumps(JOB))
+
+
+@pytest.fixture
 def api_server():
     received: list[tuple[str, dict, str]] = []
     status = {"code": 201}

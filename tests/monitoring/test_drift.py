@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from workloads.monitoring.drift import DriftThresholds, ReferenceProfile, compare, ks_statistic, psi
 from workloads.data.sample import CATEGORIES, NUMERIC, generate
+from workloads.monitoring.drift import DriftThresholds, compare, ks_statistic, psi
+from workloads.monitoring.profile import ReferenceProfile
 
 FEATURES = NUMERIC + list(CATEGORIES)
 

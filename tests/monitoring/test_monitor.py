@@ -1,7 +1,8 @@
 """Monitoring decisions end to end on the shared local stack (moto S3 + MLflow server).
 
-A small champion is trained once with `workloads.train.train`; captures are written in the
-documented layout (what `mlops serve` writes), each test on its own endpoint.
+A small champion is trained once through the training package; captures are written in the
+documented layout (`layout.capture_key`, what `mlops serve` writes), each test on its own endpoint.
+Every call gets its `Environment` explicitly: nothing here relies on process-wide MLflow or S3 wiring.
 """
 
 from __future__ import annotations
@@ -19,17 +20,37 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workloads.monitoring.monitor import MonitorConfig, MonitorError, as_signature_types, monitor
+from workloads import layout
 from workloads.data.sample import generate
-from workloads.environment import StackOutputs
+from workloads.environment import Environment, StackOutputs
+from workloads.monitoring.monitor import monitor
+from workloads.monitoring.reference import as_signature_types
+from workloads.monitoring.result import MonitorError
+from workloads.settings import MonitorSettings
 
 pytestmark = pytest.mark.servers
 MODEL = "monitor-churn"
 NOW = datetime.now(UTC)
 
 
+def settings(endpoint: str, **values) -> MonitorSettings:
+    return MonitorSettings(endpoint=endpoint, model=MODEL, **values)
+
+
 @pytest.fixture(scope="module")
-def champion(local_stack: StackOutputs) -> dict:
+def stack_env(local_stack: StackOutputs) -> Environment:
+    """The session's local stack as an Environment (its workdir is not used by these tests)."""
+    return Environment(local_stack)
+
+
+@pytest.fixture
+def env(local_stack: StackOutputs, tmp_path: Path) -> Environment:
+    """The local stack with this test's own workdir (where file alerts go)."""
+    return Environment(local_stack, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def champion(local_stack: StackOutputs, stack_env: Environment) -> dict:
     from workloads.training.job import TrainingSpec, train
 
     spec = TrainingSpec.parse({
@@ -41,17 +62,16 @@ def champion(local_stack: StackOutputs) -> dict:
     assert result.decision == "champion"
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
+    with stack_env.tracking():
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
     return {"version": result.version, "model": model, "spec": spec}
 
 
-def _versions() -> int:
-    from mlflow.tracking import MlflowClient
-
-    return len(MlflowClient().search_model_versions(f"name='{MODEL}'"))
+def _versions(env: Environment) -> int:
+    return len(env.mlflow_client().search_model_versions(f"name='{MODEL}'"))
 
 
-def capture(outputs: StackOutputs, endpoint: str, df: pd.DataFrame, model, version: str,
+def capture(env: Environment, endpoint: str, df: pd.DataFrame, model, version: str,
             at: datetime = NOW, labels_dir: Path | None = None) -> Path | None:
     """Write `df` (with labels) as served traffic: one request per 25 rows; labels to a CSV."""
     features = df.drop(columns=["churned", "customer_id"], errors="ignore")
@@ -66,8 +86,8 @@ def capture(outputs: StackOutputs, endpoint: str, df: pd.DataFrame, model, versi
     frame["_prediction"] = model.predict(inputs) if complete else 0
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    key = f"captures/{endpoint}/dt={at:%Y-%m-%d}/hour={at:%H}/{uuid.uuid4().hex}.parquet"
-    outputs.s3_client().put_object(Bucket=outputs.capture_bucket, Key=key, Body=buffer.getvalue())
+    key = layout.capture_key(endpoint, at, uuid.uuid4().hex)
+    env.s3.put_object(Bucket=env.outputs.capture_bucket, Key=key, Body=buffer.getvalue())
     if labels_dir is None or "churned" not in df.columns:
         return None
     path = labels_dir / f"{endpoint}-labels.csv"
@@ -76,64 +96,99 @@ def capture(outputs: StackOutputs, endpoint: str, df: pd.DataFrame, model, versi
     return path
 
 
-def _run_tags(run_id: str) -> tuple[str, dict[str, str]]:
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient().get_run(run_id)
+def _run_tags(env: Environment, run_id: str) -> tuple[str, dict[str, str]]:
+    run = env.mlflow_client().get_run(run_id)
     return run.info.status, run.data.tags
 
 
-def test_no_drift_means_no_alert_and_no_retraining(local_stack, local_workdir, champion, tmp_path) -> None:
+def test_no_drift_means_no_alert_and_no_retraining(env, champion, tmp_path) -> None:
     steady = generate(400, seed=21)
-    labels = capture(local_stack, "steady", steady, champion["model"], champion["version"], labels_dir=tmp_path)
-    before = _versions()
-    result = monitor("steady", MODEL, local_stack, labels=str(labels), workdir=tmp_path, now=NOW)
+    labels = capture(env, "steady", steady, champion["model"], champion["version"], labels_dir=tmp_path)
+    before = _versions(env)
+    result = monitor(settings("steady", labels=str(labels)), env, now=NOW)
     assert result.status == "ok", result.reasons
     assert result.drift is not None and result.drift.n_drifted <= 1 and result.drift.prediction is not None
     assert result.performance is not None and not result.performance.decayed
     assert result.alert is None and result.retraining is None
-    assert _versions() == before
-    status, tags = _run_tags(result.run_id)
+    assert _versions(env) == before
+    status, tags = _run_tags(env, result.run_id)
     assert status == "FINISHED" and tags["mlops.monitor.status"] == "ok"
     import mlflow
 
-    artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=result.run_id)}
+    artifacts = {a.path for a in env.mlflow_client().list_artifacts(result.run_id)}
     assert {"report.html", "summary.json", "plots"} <= artifacts
-    html = mlflow.artifacts.load_text(f"runs:/{result.run_id}/report.html")
+    with env.tracking():
+        html = mlflow.artifacts.load_text(f"runs:/{result.run_id}/report.html")
+        summary = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/summary.json"))
     assert "data:image/png;base64," in html and "tenure_months" in html
-    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/summary.json"))
     assert summary["status"] == "ok" and summary["model_version"] == champion["version"]
 
 
-def test_drift_alerts_and_retrains_exactly_once_within_cooldown(local_stack, champion, tmp_path) -> None:
+def test_reference_profiles_are_cached_where_the_monitor_may_write(env, champion) -> None:
+    """The monitoring role may write only `monitoring/` in the capture bucket; it only reads the data bucket."""
+    capture(env, "cached", generate(300, seed=28), champion["model"], champion["version"])
+    result = monitor(settings("cached"), env, now=NOW)
+    assert result.status == "ok"
+    digest = env.mlflow_client().get_model_version(MODEL, result.model_version).tags["mlops.dataset.digest"]
+
+    def keys(bucket: str, prefix: str) -> set[str]:
+        pages = env.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    profiles = keys(env.outputs.capture_bucket, layout.profile_key(digest, "x").rsplit("/", 1)[0] + "/")
+    assert len(profiles) == 2, profiles  # the features' profile and the champion's predictions
+    assert not [k for k in keys(env.outputs.data_bucket, "") if k.endswith(".npz")]
+
+
+def test_drift_alerts_and_retrains_exactly_once_within_cooldown(env, champion, tmp_path, monkeypatch) -> None:
     shifted = generate(400, seed=22, shift=1.0)
-    labels = capture(local_stack, "shifted", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
-    before = _versions()
-    first = monitor("shifted", MODEL, local_stack, labels=str(labels), workdir=tmp_path, now=NOW)
+    labels = capture(env, "shifted", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the alert file goes to the environment's workdir, never the current directory
+    before = _versions(env)
+    first = monitor(settings("shifted", labels=str(labels)), env, now=NOW)
     assert first.status == "drift" and first.drift_detected
     drifted = {f.name for f in first.drift.features if f.drifted}
     assert {"monthly_charges", "support_calls"} <= drifted
     assert first.alert is not None and first.alert.channels == ["file"]
     alert = json.loads((tmp_path / "alerts.jsonl").read_text().splitlines()[-1])
     assert alert["status"] == "drift" and alert["endpoint"] == "shifted"
+    assert list(elsewhere.iterdir()) == []
     assert first.retraining is not None and first.retraining.triggered, first.retraining
     assert first.retraining.error is None and first.retraining.version is not None
-    assert _versions() == before + 1
+    assert _versions(env) == before + 1
 
-    second = monitor("shifted", MODEL, local_stack, labels=str(labels), workdir=tmp_path, now=NOW)
+    second = monitor(settings("shifted", labels=str(labels)), env, now=NOW)
     assert second.status == "drift"
     assert not second.retraining.triggered and "cooldown" in second.retraining.reason
-    assert _versions() == before + 1
+    assert _versions(env) == before + 1
 
 
-def test_two_concurrent_monitors_retrain_once(local_stack, local_workdir, champion, tmp_path) -> None:
+def test_a_failure_while_acting_ends_the_run_failed(local_stack, champion, tmp_path) -> None:
+    """The act step (alert, retrain) runs inside the run: its failure marks the run FAILED, not RUNNING."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = Environment(local_stack, blocker / "work")  # the alert file cannot be written there
+    capture(env, "act-fails", generate(400, seed=29, shift=1.0), champion["model"], champion["version"])
+    with pytest.raises(MonitorError, match="NotADirectoryError") as caught:
+        monitor(settings("act-fails"), env, now=NOW)
+    client = env.mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name(layout.monitoring_experiment("act-fails")).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["mlops.monitor.state"] == "failed"
+    assert runs[0].data.tags["mlops.monitor.error"] == str(caught.value)
+    assert "mlops.monitor.status" not in runs[0].data.tags
+
+
+def test_two_concurrent_monitors_retrain_once(env, local_workdir, champion, tmp_path) -> None:
     raced = generate(400, seed=23, shift=1.0)
-    labels = capture(local_stack, "raced", raced, champion["model"], champion["version"], labels_dir=tmp_path)
-    before = _versions()
+    labels = capture(env, "raced", raced, champion["model"], champion["version"], labels_dir=tmp_path)
+    before = _versions(env)
     command = [sys.executable, "-m", "workloads.cli", "monitor", "--endpoint", "raced", "--model", MODEL,
                "--labels", str(labels), "--workdir", str(local_workdir), "--json"]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    environ = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
              for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
@@ -142,106 +197,77 @@ def test_two_concurrent_monitors_retrain_once(local_stack, local_workdir, champi
     assert sorted(r["retraining"]["triggered"] for r in results) == [False, True]
     skipped = next(r for r in results if not r["retraining"]["triggered"])
     assert "in flight" in skipped["retraining"]["reason"] or "cooldown" in skipped["retraining"]["reason"]
-    assert _versions() == before + 1
+    assert _versions(env) == before + 1
 
 
-def test_empty_and_small_windows_are_insufficient_data(local_stack, champion, tmp_path) -> None:
-    empty = monitor("silent", MODEL, local_stack, workdir=tmp_path, now=NOW)
+def test_empty_and_small_windows_are_insufficient_data(env, champion, tmp_path) -> None:
+    empty = monitor(settings("silent"), env, now=NOW)
     assert empty.status == "insufficient_data" and empty.alert is None and empty.retraining is None
-    capture(local_stack, "trickle", generate(50, seed=24), champion["model"], champion["version"])
-    small = monitor("trickle", MODEL, local_stack, workdir=tmp_path, now=NOW)
+    capture(env, "trickle", generate(50, seed=24), champion["model"], champion["version"])
+    small = monitor(settings("trickle"), env, now=NOW)
     assert small.status == "insufficient_data" and "50 captured rows" in small.reasons[0]
-    assert _run_tags(small.run_id)[1]["mlops.monitor.status"] == "insufficient_data"
+    assert _run_tags(env, small.run_id)[1]["mlops.monitor.status"] == "insufficient_data"
     # the window is by time: old captures are outside a 1-hour window
-    capture(local_stack, "stale", generate(300, seed=25), champion["model"], champion["version"],
+    capture(env, "stale", generate(300, seed=25), champion["model"], champion["version"],
             at=NOW - timedelta(hours=5))
-    old = monitor("stale", MODEL, local_stack, config=MonitorConfig(window_hours=1), workdir=tmp_path, now=NOW)
+    old = monitor(settings("stale", window_hours=1), env, now=NOW)
     assert old.status == "insufficient_data" and old.window["rows"] == 0
-    by_records = monitor("stale", MODEL, local_stack, config=MonitorConfig(window_records=250), workdir=tmp_path,
-                         now=NOW)
+    by_records = monitor(settings("stale", window_records=250), env, now=NOW)
     assert by_records.window["rows"] == 250 and by_records.status == "ok"
     assert not (tmp_path / "alerts.jsonl").exists()
 
 
-def test_missing_column_is_data_integrity_failure(local_stack, champion, tmp_path) -> None:
+def test_missing_column_is_data_integrity_failure(env, champion, tmp_path) -> None:
     broken = generate(300, seed=26).drop(columns=["contract"])
-    capture(local_stack, "broken", broken, champion["model"], champion["version"])
-    before = _versions()
-    result = monitor("broken", MODEL, local_stack, workdir=tmp_path, now=NOW)
+    capture(env, "broken", broken, champion["model"], champion["version"])
+    before = _versions(env)
+    result = monitor(settings("broken"), env, now=NOW)
     assert result.status == "data_integrity_failure" and result.exit_code == 3
     assert any("'contract' is missing" in r for r in result.reasons)
     assert result.alert is not None and result.retraining is None
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["status"] == "data_integrity_failure"
-    assert _versions() == before
+    assert _versions(env) == before
 
 
-def test_s3_down_fails_clearly_and_triggers_nothing(local_stack, champion, tmp_path) -> None:
-    capture(local_stack, "outage", generate(400, seed=27, shift=1.0), champion["model"], champion["version"])
+def test_s3_down_fails_clearly_and_triggers_nothing(env, local_stack, champion, tmp_path) -> None:
+    capture(env, "outage", generate(400, seed=27, shift=1.0), champion["model"], champion["version"])
     with socket.socket() as s:  # a port nobody listens on: the S3 endpoint is down
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    down = local_stack.model_copy(update={"s3_endpoint": dead})
-    before = _versions()
+    down = Environment(local_stack.model_copy(update={"s3_endpoint": dead}), tmp_path)
+    before = _versions(env)
     with pytest.raises(MonitorError, match="object storage failed") as caught:
-        monitor("outage", MODEL, down, workdir=tmp_path, now=NOW)
-    local_stack.apply_env()
-    assert _versions() == before and not (tmp_path / "alerts.jsonl").exists()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("monitoring/outage").experiment_id])
+        monitor(settings("outage"), down, now=NOW)
+    assert _versions(env) == before and not (tmp_path / "alerts.jsonl").exists()
+    client = env.mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name(layout.monitoring_experiment("outage")).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "mlops.monitor.status" not in runs[0].data.tags
     assert runs[0].data.tags["mlops.monitor.error"] == str(caught.value)
     # after recovery the same monitor works
-    again = monitor("outage", MODEL, local_stack, workdir=tmp_path, now=NOW, config=MonitorConfig(retrain=False))
+    again = monitor(settings("outage", retrain=False), env, now=NOW)
     assert again.status == "drift"
 
 
 def test_monitor_in_the_cluster_creates_the_job_instead_of_training(
-        api_server, mounted, local_stack, champion, monkeypatch, tmp_path) -> None:
+        api_server, mounted, env, champion, monkeypatch, tmp_path) -> None:
     """The monitor's in-cluster branch, end to end against the local stack and the fake API server."""
-    from mlflow.tracking import MlflowClient
-
     url, received, _ = api_server
     jobs, token = mounted
     monkeypatch.setenv("MLOPS_RETRAIN_JOBS_DIR", str(jobs))
     monkeypatch.setenv("MLOPS_KUBE_API", url)
     monkeypatch.setenv("MLOPS_KUBE_TOKEN_DIR", str(token))
     shifted = generate(400, seed=31, shift=1.0)
-    labels = capture(local_stack, "in-cluster", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
-    versions = len(MlflowClient().search_model_versions(f"name='{MODEL}'"))
+    labels = capture(env, "in-cluster", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
+    versions = _versions(env)
 
-    result = monitor("in-cluster", MODEL, local_stack, labels=str(labels), workdir=tmp_path, now=NOW)
+    result = monitor(settings("in-cluster", labels=str(labels)), env, now=NOW)
 
     assert result.status == "drift" and result.retraining.triggered, result.retraining
     assert "created retraining Job(s) train-churn-retrain-1, train-churn-select-retrain-2" in result.retraining.reason
-    assert len(MlflowClient().search_model_versions(f"name='{MODEL}'")) == versions  # the Job trains, not us
+    assert _versions(env) == versions  # the Job trains, not us
     data_uri = received[0][1]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
     bucket, key = data_uri.removeprefix("s3://").split("/", 1)
-    assert bucket == local_stack.capture_bucket and key.startswith("monitoring/in-cluster/retrain/")
-    newest = pd.read_parquet(io.BytesIO(local_stack.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()))
+    assert bucket == env.outputs.capture_bucket and key == layout.retrain_data_key("in-cluster", result.run_id)
+    newest = pd.read_parquet(io.BytesIO(env.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
     assert len(newest) == 1500 + 400  # the reference plus every labelled captured row
-
-
-
-def test_experiment_created_by_a_concurrent_monitor_is_reused() -> None:
-    """Two monitors can both see no experiment; the loser of the create race uses the winner's."""
-    from types import SimpleNamespace
-
-    from mlflow.exceptions import RestException
-
-    from workloads.monitoring.monitor import _experiment_id
-
-    class Client:
-        def __init__(self) -> None:
-            self.created = False
-
-        def get_experiment_by_name(self, name):
-            return SimpleNamespace(experiment_id="7") if self.created else None
-
-        def create_experiment(self, name):
-            self.created = True  # the other monitor won
-            raise RestException({"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"{name} exists"})
-
-    assert _experiment_id(Client(), "monitoring/raced") == "7"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.monitoring.conftest import JOB
 from workloads.monitoring.retrain_jobs import RetrainJobError, create_jobs, with_data
 
 
@@ -39,8 +38,8 @@ def test_no_manifests_is_an_error(tmp_path: Path, mounted) -> None:
         create_jobs(tmp_path, "s3://x/y", token_dir=token, api="http://127.0.0.1:9")
 
 
-def test_with_data_leaves_the_mounted_manifest_alone() -> None:
-    job = with_data(JOB, "s3://b/k")
+def test_with_data_leaves_the_mounted_manifest_alone(job_manifest: dict) -> None:
+    job = with_data(job_manifest, "s3://b/k")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--data", "s3://b/k"]
-    assert JOB["spec"]["template"]["spec"]["containers"][0]["args"] == ["train", "/app/specs/churn.yaml"]
+    assert job_manifest["spec"]["template"]["spec"]["containers"][0]["args"] == ["train", "/app/specs/churn.yaml"]
 

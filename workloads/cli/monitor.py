@@ -25,12 +25,13 @@ def monitor(
     1 the monitor could not finish (storage or registry down; nothing alerted or retrained) or retraining failed;
     2 bad options or no environment.
     """
-    from workloads.environment import resolve, workdir_from
-    from workloads.monitoring.monitor import run_settings, summary_table
+    from workloads.environment import environment
+    from workloads.monitoring.monitor import monitor as run_monitor
+    from workloads.monitoring.report import summary_table
 
-    outputs = resolve(stack, workdir)
+    env = environment(stack, workdir)
     with nullcontext() if as_json else console.status(f"monitoring {settings.endpoint}"):
-        result = run_settings(settings, outputs, workdir_from(workdir))
+        result = run_monitor(settings, env)
     summary = result.model_dump_json(indent=2)
     if output:
         Path(output).write_text(summary)

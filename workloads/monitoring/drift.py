@@ -1,10 +1,7 @@
-"""Drift math: a reference profile built once, compared against a window of current data.
+"""Drift math: a window of current data compared against a reference profile (profile.py).
 
-The reference (the champion's training data) is fixed, so everything that depends only on it
-is computed once and stored (`ReferenceProfile.save`/`load`, an `.npz` next to the dataset):
-per numeric feature the sorted non-null values and the PSI bin edges, per categorical feature
-the category counts, and null rates. `compare(profile, current)` then costs, per numeric
-column, one sort of the current values plus work proportional to a few thousand grid points:
+`compare(profile, current)` costs, per numeric column, one sort of the current values plus
+work proportional to a few thousand grid points:
 
 - KS: the exact two-sample statistic of `scipy.stats.ks_2samp` (same float arithmetic,
   `A/n1 - B/n2`), found without evaluating the ECDFs at all 2n points. The real line is cut
@@ -23,21 +20,24 @@ Columns are spread over threads: numpy's sort and searchsorted release the GIL.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 from scipy import stats
 
-PSI_BINS = 10
+from workloads.monitoring.profile import (
+    CategoricalProfile,
+    NumericProfile,
+    ReferenceProfile,
+    category_counts,
+    floats,
+)
+
 PSI_EPSILON = 1e-4  # floor for empty-bin proportions (a common convention; keeps PSI finite)
 KS_EXACT_MAX_N = 10_000  # scipy's ks_2samp(method="auto") switches to the asymptotic p-value above this
 KS_LIMIT_EN = 100_000  # above this effective size, the Kolmogorov limit distribution (see ks_pvalue)
@@ -57,103 +57,6 @@ class DriftThresholds(BaseModel):
     min_effect: float = 0.1
     psi_threshold: float = 0.2
     null_rate_change: float = 0.1
-
-
-# --- the reference profile ------------------------------------------------------------------
-
-
-@dataclass
-class NumericProfile:
-    sorted_values: np.ndarray  # non-null reference values, ascending (float64)
-    edges: np.ndarray  # inner PSI bin edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
-    null_rate: float
-
-    @classmethod
-    def build(cls, values: np.ndarray, n_total: int, bins: int = PSI_BINS) -> NumericProfile:
-        sorted_values = np.sort(values[~np.isnan(values)])
-        n = len(sorted_values)
-        if n == 0:
-            edges = np.empty(0)
-        else:
-            # the value at each decile's rank; duplicates collapse (e.g. integer-valued features)
-            ranks = np.ceil(np.arange(1, bins) / bins * n).astype(np.int64) - 1
-            edges = np.unique(sorted_values[ranks])
-        null_rate = 1.0 - n / n_total if n_total else 0.0
-        return cls(sorted_values, edges, null_rate)
-
-    def bin_proportions(self) -> np.ndarray:
-        return _bin_counts(self.sorted_values, self.edges) / max(len(self.sorted_values), 1)
-
-
-@dataclass
-class CategoricalProfile:
-    categories: np.ndarray  # str
-    counts: np.ndarray  # int64, same order
-    null_rate: float
-
-    @classmethod
-    def build(cls, series: pd.Series) -> CategoricalProfile:
-        counts = _category_counts(series)
-        null_rate = float(series.isna().mean()) if len(series) else 0.0
-        return cls(counts.index.to_numpy(dtype=str), counts.to_numpy(dtype=np.int64), null_rate)
-
-
-@dataclass
-class ReferenceProfile:
-    """What drift detection needs from the reference data, computed once."""
-
-    n_rows: int
-    numeric: dict[str, NumericProfile] = field(default_factory=dict)
-    categorical: dict[str, CategoricalProfile] = field(default_factory=dict)
-    meta: dict[str, str] = field(default_factory=dict)  # provenance (dataset digest, model version, ...)
-
-    @property
-    def columns(self) -> list[str]:
-        return [*self.numeric, *self.categorical]
-
-    @classmethod
-    def build(
-        cls, reference: pd.DataFrame, columns: Iterable[str] | None = None, *,
-        meta: dict[str, str] | None = None, max_workers: int | None = None,
-    ) -> ReferenceProfile:
-        """Profile `columns` (default: all) of `reference`; numeric dtypes are numeric, the rest categorical."""
-        columns = list(reference.columns if columns is None else columns)
-        numeric_cols = [c for c in columns if _is_numeric(reference[c])]
-        categorical_cols = [c for c in columns if c not in numeric_cols]
-        n = len(reference)
-        with ThreadPoolExecutor(max_workers or os.cpu_count()) as pool:
-            num = pool.map(lambda c: NumericProfile.build(_floats(reference[c]), n), numeric_cols)
-            cat = pool.map(lambda c: CategoricalProfile.build(reference[c]), categorical_cols)
-            return cls(n, dict(zip(numeric_cols, num, strict=True)),
-                       dict(zip(categorical_cols, cat, strict=True)), dict(meta or {}))
-
-    # Stored as a plain .npz (no pickle): arrays by position, names and metadata as JSON.
-    def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {}
-        header: dict[str, Any] = {"n_rows": self.n_rows, "meta": self.meta, "numeric": [], "categorical": []}
-        for i, (name, p) in enumerate(self.numeric.items()):
-            header["numeric"].append({"name": name, "null_rate": p.null_rate})
-            arrays[f"num{i}_sorted"], arrays[f"num{i}_edges"] = p.sorted_values, p.edges
-        for i, (name, c) in enumerate(self.categorical.items()):
-            header["categorical"].append({"name": name, "null_rate": c.null_rate})
-            arrays[f"cat{i}_categories"], arrays[f"cat{i}_counts"] = c.categories.astype(str), c.counts
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, header=np.array(json.dumps(header)), **arrays)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ReferenceProfile:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            header = json.loads(str(npz["header"]))
-            numeric = {
-                h["name"]: NumericProfile(npz[f"num{i}_sorted"], npz[f"num{i}_edges"], h["null_rate"])
-                for i, h in enumerate(header["numeric"])
-            }
-            categorical = {
-                h["name"]: CategoricalProfile(npz[f"cat{i}_categories"], npz[f"cat{i}_counts"], h["null_rate"])
-                for i, h in enumerate(header["categorical"])
-            }
-        return cls(header["n_rows"], numeric, categorical, header["meta"])
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -229,7 +132,7 @@ def compare(
 
 
 def _numeric_drift(name: str, p: NumericProfile, series: pd.Series, n: int, t: DriftThresholds) -> FeatureDrift:
-    values = _floats(series)
+    values = floats(series)
     nan = np.isnan(values)
     cur = values[~nan] if nan.any() else values.copy()  # a private copy, sorted in place
     cur.sort()
@@ -251,7 +154,7 @@ def _numeric_drift(name: str, p: NumericProfile, series: pd.Series, n: int, t: D
 def _categorical_drift(
     name: str, p: CategoricalProfile, series: pd.Series, n: int, t: DriftThresholds,
 ) -> FeatureDrift:
-    counts = _category_counts(series)
+    counts = category_counts(series)
     cur_counts = counts.reindex(p.categories, fill_value=0).to_numpy(dtype=np.int64)
     unseen = counts[~counts.index.isin(p.categories)]
     n_cur = int(counts.sum())
@@ -366,20 +269,3 @@ def _ranges(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.nda
 def _bin_counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     cuts = np.searchsorted(sorted_values, edges, "right")
     return np.diff(np.concatenate([[0], cuts, [len(sorted_values)]]))
-
-
-def _category_counts(series: pd.Series) -> pd.Series:
-    counts = series.value_counts(dropna=True, sort=False)  # count first: K labels are cheap to convert
-    counts = counts[counts > 0]  # a Categorical reports its unused categories too
-    counts.index = counts.index.astype(str)
-    return counts.groupby(level=0).sum() if counts.index.has_duplicates else counts.sort_index()
-
-
-def _floats(series: pd.Series) -> np.ndarray:
-    if series.dtype == np.float64:  # no conversion pass (NaN already marks missing)
-        return series.to_numpy()
-    return series.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)

@@ -1,0 +1,144 @@
+"""The reference profile: what drift detection needs from the reference data, computed once.
+
+The reference (the champion's training data) is fixed, so everything that depends only on it
+is computed once and cached in the capture bucket at `layout.profile_key(...)` (the monitoring
+role may write only `monitoring/` there; it can only read the data bucket): per numeric
+feature the sorted non-null values and the PSI bin edges, per categorical feature the category
+counts, and null rates. Stored as a plain `.npz` (no pickle).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PSI_BINS = 10
+
+
+@dataclass
+class NumericProfile:
+    sorted_values: np.ndarray  # non-null reference values, ascending (float64)
+    edges: np.ndarray  # inner PSI bin edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
+    null_rate: float
+
+    @classmethod
+    def build(cls, values: np.ndarray, n_total: int, bins: int = PSI_BINS) -> NumericProfile:
+        sorted_values = np.sort(values[~np.isnan(values)])
+        n = len(sorted_values)
+        if n == 0:
+            edges = np.empty(0)
+        else:
+            # the value at each decile's rank; duplicates collapse (e.g. integer-valued features)
+            ranks = np.ceil(np.arange(1, bins) / bins * n).astype(np.int64) - 1
+            edges = np.unique(sorted_values[ranks])
+        null_rate = 1.0 - n / n_total if n_total else 0.0
+        return cls(sorted_values, edges, null_rate)
+
+
+@dataclass
+class CategoricalProfile:
+    categories: np.ndarray  # str
+    counts: np.ndarray  # int64, same order
+    null_rate: float
+
+    @classmethod
+    def build(cls, series: pd.Series) -> CategoricalProfile:
+        counts = category_counts(series)
+        null_rate = float(series.isna().mean()) if len(series) else 0.0
+        return cls(counts.index.to_numpy(dtype=str), counts.to_numpy(dtype=np.int64), null_rate)
+
+
+@dataclass
+class ReferenceProfile:
+    """What drift detection needs from the reference data, computed once."""
+
+    n_rows: int
+    numeric: dict[str, NumericProfile] = field(default_factory=dict)
+    categorical: dict[str, CategoricalProfile] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)  # provenance (dataset digest, model version, ...)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @classmethod
+    def build(
+        cls, reference: pd.DataFrame, columns: Iterable[str] | None = None, *,
+        meta: dict[str, str] | None = None, max_workers: int | None = None,
+    ) -> ReferenceProfile:
+        """Profile `columns` (default: all) of `reference`; numeric dtypes are numeric, the rest categorical."""
+        columns = list(reference.columns if columns is None else columns)
+        numeric_cols = [c for c in columns if is_numeric(reference[c])]
+        categorical_cols = [c for c in columns if c not in numeric_cols]
+        n = len(reference)
+        with ThreadPoolExecutor(max_workers or os.cpu_count()) as pool:
+            num = pool.map(lambda c: NumericProfile.build(floats(reference[c]), n), numeric_cols)
+            cat = pool.map(lambda c: CategoricalProfile.build(reference[c]), categorical_cols)
+            return cls(n, dict(zip(numeric_cols, num, strict=True)),
+                       dict(zip(categorical_cols, cat, strict=True)), dict(meta or {}))
+
+    # Stored as a plain .npz (no pickle): arrays by position, names and metadata as JSON.
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        header: dict[str, Any] = {"n_rows": self.n_rows, "meta": self.meta, "numeric": [], "categorical": []}
+        for i, (name, p) in enumerate(self.numeric.items()):
+            header["numeric"].append({"name": name, "null_rate": p.null_rate})
+            arrays[f"num{i}_sorted"], arrays[f"num{i}_edges"] = p.sorted_values, p.edges
+        for i, (name, c) in enumerate(self.categorical.items()):
+            header["categorical"].append({"name": name, "null_rate": c.null_rate})
+            arrays[f"cat{i}_categories"], arrays[f"cat{i}_counts"] = c.categories.astype(str), c.counts
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, header=np.array(json.dumps(header)), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceProfile:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            header = json.loads(str(npz["header"]))
+            numeric = {
+                h["name"]: NumericProfile(npz[f"num{i}_sorted"], npz[f"num{i}_edges"], h["null_rate"])
+                for i, h in enumerate(header["numeric"])
+            }
+            categorical = {
+                h["name"]: CategoricalProfile(npz[f"cat{i}_categories"], npz[f"cat{i}_counts"], h["null_rate"])
+                for i, h in enumerate(header["categorical"])
+            }
+        return cls(header["n_rows"], numeric, categorical, header["meta"])
+
+
+def cached(s3: Any, bucket: str, key: str, build: Callable[[], ReferenceProfile]) -> ReferenceProfile:
+    """The profile stored at `key`, built and stored on first use."""
+    try:
+        return ReferenceProfile.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        profile = build()
+        s3.put_object(Bucket=bucket, Key=key, Body=profile.to_bytes())
+        return profile
+
+
+# --- column helpers (shared with drift.py) -------------------------------------------------
+
+
+def category_counts(series: pd.Series) -> pd.Series:
+    counts = series.value_counts(dropna=True, sort=False)  # count first: K labels are cheap to convert
+    counts = counts[counts > 0]  # a Categorical reports its unused categories too
+    counts.index = counts.index.astype(str)
+    return counts.groupby(level=0).sum() if counts.index.has_duplicates else counts.sort_index()
+
+
+def floats(series: pd.Series) -> np.ndarray:
+    if series.dtype == np.float64:  # no conversion pass (NaN already marks missing)
+        return series.to_numpy()
+    return series.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)

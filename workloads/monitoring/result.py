@@ -1,0 +1,67 @@
+"""What one monitoring pass found and did: the result (the CLI's `--json` summary) and its exit code."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from workloads.errors import MlopsError
+from workloads.monitoring.alerts import AlertOutcome
+from workloads.monitoring.drift import DriftReport
+
+Status = Literal["ok", "drift", "performance_decay", "insufficient_data", "data_integrity_failure"]
+EXIT_CODES: dict[str, int] = {  # the CLI's exit code per status; 1 = the monitor itself failed
+    "ok": 0, "drift": 0, "performance_decay": 0, "insufficient_data": 0, "data_integrity_failure": 3,
+}
+ALERTING: tuple[Status, ...] = ("drift", "performance_decay", "data_integrity_failure")
+RETRAINING: tuple[Status, ...] = ("drift", "performance_decay")
+
+
+class MonitorError(MlopsError, RuntimeError):
+    """Monitoring could not complete (storage or registry unreachable, no champion, ...)."""
+
+    kind = "monitoring failed, nothing alerted or retrained"
+
+
+class Performance(BaseModel):
+    metric: str
+    holdout: float
+    current: float
+    drop: float  # positive = worse; relative for rmse/mae/log_loss
+    labelled_rows: int
+    decayed: bool
+
+
+class RetrainOutcome(BaseModel):
+    triggered: bool
+    reason: str
+    version: str | None = None
+    decision: str | None = None
+    run_id: str | None = None
+    error: str | None = None
+
+
+class MonitorResult(BaseModel):
+    status: Status
+    reasons: list[str]
+    endpoint: str
+    model_name: str
+    model_version: str
+    alias: str
+    window: dict[str, Any]
+    drift_detected: bool = False
+    performance_decayed: bool = False
+    drift: DriftReport | None = None
+    performance: Performance | None = None
+    alert: AlertOutcome | None = None
+    retraining: RetrainOutcome | None = None
+    run_id: str
+    experiment: str
+    report_uri: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        code = EXIT_CODES[self.status]
+        return 1 if code == 0 and self.retraining and self.retraining.error else code
