@@ -33,6 +33,7 @@ import pandas as pd
 
 import workloads  # noqa: F401 - telemetry off before mlflow is imported
 from benchmarks.machine import describe
+from workloads.environment import Environment
 
 NUMERIC = [f"x{i:02d}" for i in range(20)]
 BIN = Path(sys.executable).parent
@@ -45,7 +46,7 @@ def make_data(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def register(name: str) -> tuple[str, object]:
+def register(env: Environment, name: str) -> tuple[str, object]:
     import mlflow
     from mlflow.models import infer_signature
     from sklearn.compose import ColumnTransformer
@@ -60,19 +61,21 @@ def register(name: str) -> tuple[str, object]:
                                     ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
         ("clf", LogisticRegression()),
     ]).fit(X, y)
-    mlflow.set_experiment("benchmark-serving")
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(pipe, name="model", signature=infer_signature(X, y),
-                                        registered_model_name=name)
-    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    with env.tracking():
+        mlflow.set_experiment("benchmark-serving")
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(pipe, name="model", signature=infer_signature(X, y),
+                                            registered_model_name=name)
+    env.mlflow_client().set_registered_model_alias(name, "champion", info.registered_model_version)
     return str(info.registered_model_version), pipe
 
 
-def ceiling(name: str, pipe, seconds: float) -> list[tuple[str, int, float]]:
+def ceiling(env: Environment, name: str, pipe, seconds: float) -> list[tuple[str, int, float]]:
     """Rows/s of in-process predict calls (pyfunc with schema enforcement, and sklearn alone)."""
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    with env.tracking():
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     out = []
     for label, fn in (("pyfunc.predict", model.predict), ("sklearn predict", pipe.predict)):
         for rows in (1, 100):
@@ -92,15 +95,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(kind: str, name: str, workers: int, workdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start(kind: str, name: str, workers: int, stack: Environment, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    if kind == "stock":
+    if kind == "stock":  # the stock server finds the registry only through the environment variable
+        env["MLFLOW_TRACKING_URI"] = stack.tracking_uri
         cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
                "local", "-w", str(workers), "-h", "127.0.0.1", "-p", str(port)]
     else:
         cmd = [str(BIN / "mlops"), "serve", "--model", name, "--workers", str(workers), "--port", str(port),
-               "--workdir", str(workdir), "--endpoint-name", f"bench-{kind}", "--poll-seconds", "0",
+               "--workdir", str(stack.workdir), "--endpoint-name", f"bench-{kind}", "--poll-seconds", "0",
                "--capture" if kind == "ours+capture" else "--no-capture"]
     # A new session: stopping the stock server's uvicorn means its whole process group.
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -224,12 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         stack = LocalStack(tmp / "stack")
         try:
-            outputs = stack.up(timeout=180)
-            outputs.apply_env()
+            env = Environment(stack.up(timeout=180), tmp / "stack")
             name = "bench-serving"
-            _, pipe = register(name)
+            _, pipe = register(env, name)
             print("\nin-process predict ceiling (rows/s):")
-            for label, rows, rate in ceiling(name, pipe, 0.5 if args.quick else 3):
+            for label, rows, rate in ceiling(env, name, pipe, 0.5 if args.quick else 3):
                 print(f"  {label:16s} {rows:4d}-row calls  {rate:12,.0f}")
             results, answers, procs = [], {}, []
             try:
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 # back to back, so load from anything else on the machine hits them alike.
                 urls = {}
                 for kind in ("ours+capture", "ours", "stock"):
-                    proc, urls[kind] = start(kind, name, args.workers, tmp / "stack", tmp / f"{kind}.log")
+                    proc, urls[kind] = start(kind, name, args.workers, env, tmp / f"{kind}.log")
                     procs.append(proc)
                 for kind, url in urls.items():
                     answers[kind] = httpx.post(f"{url}/invocations", content=body_for(100),

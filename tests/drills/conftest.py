@@ -2,7 +2,7 @@
 
 Drills that kill a server start their own servers; the others share the session's local stack
 (`local_stack` in tests/conftest.py) and the endpoint below. Endpoints are started with the
-serving tests' helper (`tests/serving/test_serve.py::Endpoint`: a `mlops serve` subprocess on a
+serving tests' helper (`tests/serving/helpers.py::Endpoint`: a `mlops serve` subprocess on a
 free 127.0.0.1 port, stopped by its pid).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.serving.test_serve import Endpoint
+from tests.serving.helpers import Endpoint
 from workloads.environment import StackOutputs
 
 MODEL = "drill-churn"

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.drills.conftest import features
-from tests.serving.test_serve import Endpoint, free_port, read_captures, start_moto
+from tests.serving.helpers import Endpoint, free_port, private_store, read_captures, start_moto
 from workloads.data.sample import generate
-from workloads.environment import StackOutputs
+from workloads.environment import Environment, StackOutputs
 
 pytestmark = pytest.mark.servers
 # The issue says a minute; 30 s (half frozen, half refused) exercises the same paths: capture has no
@@ -80,12 +80,8 @@ def _wait(condition, timeout: float, what: str) -> None:  # noqa: ANN001
 def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: StackOutputs, tmp_path: Path) -> None:
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")
-    outputs = local_stack.model_copy(update={"s3_endpoint": f"http://127.0.0.1:{port}", "capture_bucket": BUCKET})
-    outputs.s3_client().create_bucket(Bucket=BUCKET)
-    workdir = tmp_path / "wd"
-    workdir.mkdir()
-    (workdir / "outputs.json").write_text(outputs.model_dump_json())
-    ep = Endpoint(churn_model["name"], workdir, "--endpoint-name", ENDPOINT, "--capture-flush-seconds", "0.5",
+    outage = private_store(Environment(local_stack), port, BUCKET, tmp_path / "wd")
+    ep = Endpoint(churn_model["name"], outage.workdir, "--endpoint-name", ENDPOINT, "--capture-flush-seconds", "0.5",
                   "--capture-max-buffer-rows", str(BUFFER_ROWS), log=tmp_path / "serve.log")
     traffic = Traffic(ep)
     try:
@@ -106,7 +102,7 @@ def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: St
 
         written_before = ep.metric("mlops_capture_records_written_total")
         moto = start_moto(port, tmp_path / "moto.log")  # same port, empty store
-        outputs.s3_client().create_bucket(Bucket=BUCKET)
+        outage.s3.create_bucket(Bucket=BUCKET)
         _wait(lambda: ep.metric("mlops_capture_records_written_total") > written_before, 20,
               "the first write after the recovery")
         # Until that first flush the buffer was full, so records in between may be dropped (and counted);
@@ -114,7 +110,7 @@ def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: St
         recovered_at = len(traffic.statuses)
         _wait(lambda: len(traffic.statuses) > recovered_at + 100, 60, "traffic after the recovery")
         after = traffic.sent_after(recovered_at)
-        _wait(lambda: after <= set(read_captures(outputs, ENDPOINT).get("_request_id", [])), 30,
+        _wait(lambda: after <= set(read_captures(outage, ENDPOINT).get("_request_id", [])), 30,
               "records sent after the recovery to reach the bucket")
     finally:
         traffic.halt.set()
@@ -128,7 +124,7 @@ def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: St
         dropped = ep.metric("mlops_capture_records_dropped_total")
         assert written + dropped == len(traffic.statuses), (written, dropped, len(traffic.statuses))
         # The new store holds what was written since it came back (the old one's content died with it).
-        captured = read_captures(outputs, ENDPOINT)
+        captured = read_captures(outage, ENDPOINT)
         assert captured["_request_id"].is_unique and len(captured) >= len(after)
     finally:
         ep.stop()

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.drills.conftest import features
+from tests.serving.helpers import read_captures
 from workloads.data.sample import generate
+from workloads.environment import Environment
 
 pytestmark = pytest.mark.servers
 EXAMPLES = 1200
@@ -219,8 +221,6 @@ def test_an_accepted_odd_request_does_not_cost_others_their_capture(drill_endpoi
     import time
     import uuid
 
-    from tests.serving.test_serve import read_captures
-
     ep = drill_endpoint
     tag = uuid.uuid4().hex[:8]
     row = BASE.iloc[0].to_dict()
@@ -237,6 +237,6 @@ def test_an_accepted_odd_request_does_not_cost_others_their_capture(drill_endpoi
     captured: set[str] = set()
     while time.monotonic() < deadline and not answered <= captured:
         time.sleep(0.5)
-        frame = read_captures(local_stack, "drill")
+        frame = read_captures(Environment(local_stack), "drill")
         captured = set(frame["_request_id"]) & set(sent) if not frame.empty else set()
     assert answered <= captured, f"answered but never captured: {sorted(answered - captured)}"

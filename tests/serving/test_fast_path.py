@@ -10,17 +10,12 @@ import pandas as pd
 import pytest
 
 import workloads  # noqa: F401 - telemetry off before mlflow is imported
-from workloads.capture.writer import CaptureWriter, records_to_frame
-from workloads.serving.app import (
-    FastInput,
-    FastSchema,
-    LoadedModel,
-    _Fallback,
-    _Item,
-    _predict_fast,
-    fast_predictions_json,
-    predictions_json,
-)
+from workloads.capture.table import records_to_table
+from workloads.capture.writer import CaptureWriter
+from workloads.serving.batching import Item, predict_fast
+from workloads.serving.fast_path import Fallback, FastInput, FastSchema
+from workloads.serving.model import LoadedModel
+from workloads.serving.protocol import fast_predictions_json, predictions_json
 
 NUMERIC = ["x0", "x1", "x2"]
 NAMES = NUMERIC + ["n", "plan"]
@@ -130,8 +125,8 @@ def test_type_check_accepts_what_it_promises(model):
     assert model.fast.parse(json.dumps({"dataframe_records": [ROW]}).encode()) is not None  # int for a double
 
 
-def _items(model: LoadedModel, inputs: list[FastInput]) -> list[_Item]:
-    return [_Item(model, d, None, d.rows, future=None, request_id=f"r{i}") for i, d in enumerate(inputs)]
+def _items(model: LoadedModel, inputs: list[FastInput]) -> list[Item]:
+    return [Item(model, d, None, d.rows, future=None, request_id=f"r{i}") for i, d in enumerate(inputs)]
 
 
 class _Recorder:
@@ -152,7 +147,7 @@ def test_one_batch_of_mixed_shapes_predicts_like_the_model_in_process(model):
         inputs.append(model.fast.parse(bodies(frame.iloc[start:start + n])[shape]))
         start += n
     recorder = _Recorder()
-    results = _predict_fast(_items(model, inputs), recorder)
+    results = predict_fast(_items(model, inputs), recorder)
     expected = np.asarray(model.pyfunc.predict(frame.iloc[:start]))
     got = np.concatenate([value for ok, value in results])
     assert all(ok for ok, _ in results)
@@ -170,9 +165,9 @@ def test_a_failing_batch_falls_back_whole_and_captures_nothing(model):
     poison = model.fast.parse(b'{"dataframe_records": [{"x0": NaN, "x1": 1.0, "x2": 1.0, "n": 1, "plan": "pro"}]}')
     assert poison is not None
     recorder = _Recorder()
-    results = _predict_fast(_items(model, [good, poison, good]), recorder)
+    results = predict_fast(_items(model, [good, poison, good]), recorder)
     assert [ok for ok, _ in results] == [False] * 3
-    assert all(isinstance(value, _Fallback) for _, value in results)
+    assert all(isinstance(value, Fallback) for _, value in results)
     assert recorder.calls == []
 
 
@@ -196,7 +191,7 @@ def test_batch_capture_record_numbers_rows_per_request():
     assert writer.record_batch(["a", "b", "c"], [2, 1, 3], "m", "7", frame, np.arange(6) / 10, ts=ts)
     assert writer.record("d", "m", "7", frame.iloc[:1], np.array([0.5]), ts=ts)
     assert not writer.record_batch(["x"], [2], "m", "7", frame, np.arange(6))  # sizes don't add up: refused
-    table = records_to_frame(writer._buffer)
+    table = records_to_table(writer._buffer).to_pandas()
     assert list(table["_request_id"]) == ["a", "a", "b", "c", "c", "c", "d"]
     assert list(table["_row"]) == [0, 1, 0, 0, 1, 2, 0]
     assert list(table["_prediction"]) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5]

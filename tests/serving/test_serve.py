@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import io
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.serving.helpers import Endpoint, free_port, private_store, read_captures, start_moto
+from workloads.environment import Environment
 
 pytestmark = pytest.mark.servers
 
@@ -33,7 +28,7 @@ def make_data(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def register(name: str, c: float, seed: int) -> str:
+def register(env: Environment, name: str, c: float, seed: int) -> str:
     """Log and register a scaler + one-hot + logistic-regression pipeline; returns its version."""
     import mlflow
     from mlflow.models import infer_signature
@@ -49,77 +44,17 @@ def register(name: str, c: float, seed: int) -> str:
                                     ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
         ("clf", LogisticRegression(C=c)),
     ]).fit(X, y)
-    mlflow.set_experiment("serving-tests")
-    with mlflow.start_run():
-        # predict_proba: continuous outputs, so any row mix-up in batching would show.
-        info = mlflow.sklearn.log_model(pipe, name="model", signature=infer_signature(X, pipe.predict_proba(X)),
-                                        registered_model_name=name, pyfunc_predict_fn="predict_proba")
+    with env.tracking():
+        mlflow.set_experiment("serving-tests")
+        with mlflow.start_run():
+            # predict_proba: continuous outputs, so any row mix-up in batching would show.
+            info = mlflow.sklearn.log_model(pipe, name="model", signature=infer_signature(X, pipe.predict_proba(X)),
+                                            registered_model_name=name, pyfunc_predict_fn="predict_proba")
     return str(info.registered_model_version)
 
 
-def set_alias(name: str, version: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient().set_registered_model_alias(name, "champion", version)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Endpoint:
-    """One `mlops serve` process of ours; stopped by its pid."""
-
-    def __init__(self, model: str, workdir: Path, *extra: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        mlops = shutil.which("mlops", path=str(Path(sys.executable).parent))
-        self.log = log
-        self.proc = subprocess.Popen(
-            [mlops, "serve", "--model", model, "--port", str(self.port), "--workdir", str(workdir),
-             "--bootstrap-poll-seconds", "0.5", "--poll-seconds", "0", *extra],
-            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"mlops serve exited:\n{log.read_text()[-3000:]}"
-            try:
-                if self.client.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError(f"mlops serve not healthy in 60 s:\n{log.read_text()[-3000:]}")
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.client.get("/ping").status_code == 200:
-                return
-            time.sleep(0.2)
-        self.stop()  # a server that never got ready must not outlive its test
-        raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def metric(self, name: str) -> float:
-        """A metric's value; `name` may carry labels, e.g. 'x_total{path="fast"}'."""
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"metric {name} not exposed")
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+def set_alias(env: Environment, name: str, version: str) -> None:
+    env.mlflow_client().set_registered_model_alias(name, "champion", version)
 
 
 # --- payloads: every format the scoring protocol accepts ----------------------------------------
@@ -147,12 +82,18 @@ FORMATS = ["dataframe_split", "dataframe_records", "instances", "inputs", "csv"]
 
 
 @pytest.fixture(scope="module")
+def env(local_stack, local_workdir) -> Environment:
+    """The session's local stack, passed explicitly (nothing here relies on process-wide MLflow settings)."""
+    return Environment(local_stack, local_workdir)
+
+
+@pytest.fixture(scope="module")
 def model_name(local_stack) -> str:
     return f"serve-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def bootstrapped(local_stack, local_workdir, model_name, tmp_path_factory):
+def bootstrapped(env, local_workdir, model_name, tmp_path_factory):
     """An endpoint started before its model exists: what it said then, and the endpoint once served."""
     logs = tmp_path_factory.mktemp("serve-logs")
     ep = Endpoint(model_name, local_workdir, "--capture-flush-seconds", "0.5", log=logs / "batched.log")
@@ -164,8 +105,8 @@ def bootstrapped(local_stack, local_workdir, model_name, tmp_path_factory):
                                           headers={"Content-Type": "application/json"}),
             "version": ep.client.get("/version").json(),
         }
-        v1 = register(model_name, c=1.0, seed=1)
-        set_alias(model_name, v1)
+        v1 = register(env, model_name, c=1.0, seed=1)
+        set_alias(env, model_name, v1)
         ep.wait_ready()  # the poll picks the alias up: no restart
         yield ep, before, v1
     finally:
@@ -183,10 +124,15 @@ def unbatched(bootstrapped, local_workdir, model_name, tmp_path_factory):
         ep.stop()
 
 
-def in_process(model_name: str, version: str, frame: pd.DataFrame) -> np.ndarray:
+def load(env: Environment, model_name: str, version: str):
     import mlflow.pyfunc
 
-    return np.asarray(mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").predict(frame))
+    with env.tracking():
+        return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+
+
+def in_process(env: Environment, model_name: str, version: str, frame: pd.DataFrame) -> np.ndarray:
+    return np.asarray(load(env, model_name, version).predict(frame))
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -207,12 +153,10 @@ def test_bootstrap_not_ready_then_serves_without_restart(bootstrapped):
     assert ep.proc.pid == pid and ep.proc.poll() is None
 
 
-def test_version_reports_registered_version(bootstrapped, model_name):
+def test_version_reports_registered_version(bootstrapped, env, model_name):
     ep, _, v1 = bootstrapped
     info = ep.client.get("/version").json()
-    from mlflow import MlflowClient
-
-    mv = MlflowClient().get_model_version_by_alias(model_name, "champion")
+    mv = env.mlflow_client().get_model_version_by_alias(model_name, "champion")
     assert info["model"] == model_name and info["alias"] == "champion"
     assert info["version"] == v1 == str(mv.version) and info["run_id"] == mv.run_id
     assert info["mlflow_version"]
@@ -221,11 +165,11 @@ def test_version_reports_registered_version(bootstrapped, model_name):
 
 
 @pytest.mark.parametrize("which", ["batched", "unbatched"])
-def test_all_formats_match_in_process_under_concurrency(which, bootstrapped, unbatched, model_name):
+def test_all_formats_match_in_process_under_concurrency(which, bootstrapped, unbatched, env, model_name):
     ep, _, v1 = bootstrapped
     ep = ep if which == "batched" else unbatched
     data = make_data(600, seed=7)
-    expected = in_process(model_name, v1, data)
+    expected = in_process(env, model_name, v1, data)
     rng = np.random.default_rng(11)
     jobs = []
     start = 0
@@ -260,17 +204,14 @@ def test_all_formats_match_in_process_under_concurrency(which, bootstrapped, unb
         assert counts["1.0"] < counts["+Inf"], counts
 
 
-def test_response_bytes_match_mlflow(bootstrapped, model_name):
+def test_response_bytes_match_mlflow(bootstrapped, env, model_name):
     """Same body bytes as mlflow's scoring server writes for the same input."""
     from mlflow.pyfunc import scoring_server
 
     ep, _, v1 = bootstrapped
-    import mlflow.pyfunc
-
     frame = make_data(3, seed=5)
     body, ctype = payload("dataframe_split", frame)
-    stock = scoring_server.invocations(body, ctype, mlflow.pyfunc.load_model(f"models:/{model_name}/{v1}"),
-                                       None)
+    stock = scoring_server.invocations(body, ctype, load(env, model_name, v1), None)
     ours = ep.client.post("/invocations", content=body, headers={"Content-Type": ctype})
     assert ours.text == stock.response
 
@@ -318,11 +259,11 @@ def test_bad_requests_get_4xx_with_reason_and_server_stays_healthy(bootstrapped)
     assert five_xx in ([], ['mlops_serving_requests_total{status="503"} 1.0']), five_xx  # 503: bootstrap only
 
 
-def test_failing_request_in_a_batch_fails_alone(bootstrapped, model_name):
+def test_failing_request_in_a_batch_fails_alone(bootstrapped, env, model_name):
     """Missing numbers pass MLflow's schema (doubles may be NaN) but make the model raise inside a batch."""
     ep, _, v1 = bootstrapped
     data = make_data(40, seed=9)
-    expected = in_process(model_name, v1, data)
+    expected = in_process(env, model_name, v1, data)
     bad = json.dumps({"dataframe_records": [{**{c: None for c in NUMERIC}, "plan": "pro"}]}).encode()
 
     def call(i):
@@ -341,16 +282,7 @@ def test_failing_request_in_a_batch_fails_alone(bootstrapped, model_name):
             np.testing.assert_allclose(r.json()["predictions"], expected[i:i + 1], atol=1e-12)
 
 
-def read_captures(outputs, endpoint: str) -> pd.DataFrame:
-    s3 = outputs.s3_client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=outputs.capture_bucket, Prefix=f"captures/{endpoint}/") for o in page.get("Contents", [])]
-    frames = [pd.read_parquet(io.BytesIO(s3.get_object(Bucket=outputs.capture_bucket, Key=k)["Body"].read()))
-              for k in keys]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, local_stack, local_workdir,
+def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, env, local_workdir,
                                                                model_name, tmp_path):
     _, _, v1 = bootstrapped
     endpoint = f"cap-{uuid.uuid4().hex[:6]}"
@@ -364,9 +296,9 @@ def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, loc
             "/invocations", content=payload("dataframe_split", data.iloc[i:i + 2])[0],
             headers={"Content-Type": "application/json", "X-Request-Id": f"cap-{i}"}), range(0, 30, 2)))
     assert all(r.status_code == 200 for r in rs)
-    assert read_captures(local_stack, endpoint).empty
+    assert read_captures(env, endpoint).empty
     assert ep.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
-    got = read_captures(local_stack, endpoint)
+    got = read_captures(env, endpoint)
     assert len(got) == 30 and got["_request_id"].nunique() == 15
     assert set(got.columns) >= set(FEATURES) | {"_request_id", "_row", "_ts", "_model_name", "_model_version",
                                                "_prediction"}
@@ -378,35 +310,13 @@ def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, loc
     assert list(first["_row"]) == [0, 1]
 
 
-def start_moto(port: int, log: Path) -> subprocess.Popen:
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("moto_server did not start")
-
-
-def test_capture_survives_s3_outage_and_resumes(bootstrapped, local_stack, model_name, tmp_path):
-    from workloads.environment import StackOutputs
-
+def test_capture_survives_s3_outage_and_resumes(bootstrapped, env, model_name, tmp_path):
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")
     ep = None
     try:
-        outputs = StackOutputs.model_validate({**local_stack.model_dump(), "s3_endpoint": f"http://127.0.0.1:{port}",
-                                               "capture_bucket": "outage-capture"})
-        outputs.s3_client().create_bucket(Bucket="outage-capture")
-        workdir = tmp_path / "wd"
-        workdir.mkdir()
-        (workdir / "outputs.json").write_text(outputs.model_dump_json())
-        ep = Endpoint(model_name, workdir, "--endpoint-name", "outage", "--capture-flush-seconds", "0.3",
+        outage = private_store(env, port, "outage-capture", tmp_path / "wd")
+        ep = Endpoint(model_name, outage.workdir, "--endpoint-name", "outage", "--capture-flush-seconds", "0.3",
                       "--capture-max-buffer-rows", "20", log=tmp_path / "serve.log")
         ep.wait_ready()
         post = lambda i: ep.client.post(  # noqa: E731
@@ -429,13 +339,13 @@ def test_capture_survives_s3_outage_and_resumes(bootstrapped, local_stack, model
         assert ep.client.get("/ping").status_code == 200
 
         moto = start_moto(port, tmp_path / "moto.log")  # same port, empty store
-        outputs.s3_client().create_bucket(Bucket="outage-capture")
+        outage.s3.create_bucket(Bucket="outage-capture")
         deadline = time.monotonic() + 15
         while ep.metric("mlops_capture_records_written_total") < 25 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert ep.metric("mlops_capture_records_written_total") == 25
         assert ep.metric("mlops_capture_buffered_rows") == 0
-        got = read_captures(outputs, "outage")
+        got = read_captures(outage, "outage")
         assert len(got) == 20 and set(got["_request_id"]) == {f"o-{i}" for i in range(5, 25)}
     finally:
         if ep is not None:
@@ -444,12 +354,12 @@ def test_capture_survives_s3_outage_and_resumes(bootstrapped, local_stack, model
         moto.wait(10)
 
 
-def test_reload_switches_version_with_requests_in_flight(bootstrapped, model_name):
+def test_reload_switches_version_with_requests_in_flight(bootstrapped, env, model_name):
     ep, _, v1 = bootstrapped
-    v2 = register(model_name, c=0.01, seed=2)
+    v2 = register(env, model_name, c=0.01, seed=2)
     data = make_data(1, seed=8)
     body, ctype = payload("dataframe_split", data)
-    expected = {v1: in_process(model_name, v1, data), v2: in_process(model_name, v2, data)}
+    expected = {v1: in_process(env, model_name, v1, data), v2: in_process(env, model_name, v2, data)}
     assert not np.allclose(expected[v1], expected[v2])
     stop = time.monotonic() + 4
 
@@ -466,7 +376,7 @@ def test_reload_switches_version_with_requests_in_flight(bootstrapped, model_nam
     with cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(hammer, i) for i in range(6)]
         time.sleep(1)
-        set_alias(model_name, v2)
+        set_alias(env, model_name, v2)
         r = ep.client.post("/reload")
         assert r.status_code == 200 and r.json()["version"] == v2 and r.json()["reloaded"] is True
         seen = [v for f in futures for v in f.result()]
@@ -474,7 +384,7 @@ def test_reload_switches_version_with_requests_in_flight(bootstrapped, model_nam
     assert ep.client.get("/version").json()["version"] == v2
 
     # SIGHUP does the same.
-    set_alias(model_name, v1)
+    set_alias(env, model_name, v1)
     ep.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 20
     while ep.client.get("/version").json()["version"] != v1 and time.monotonic() < deadline:

@@ -9,9 +9,7 @@ from workloads.settings import ServeSettings
 @app.settings_command(ServeSettings)
 def serve(settings: ServeSettings, stack: str | None = STACK, workdir: str | None = WORKDIR) -> None:
     """Serve models:/MODEL@ALIAS with MLflow's scoring protocol, micro-batching and inference capture."""
-    from workloads.environment import resolve
-    from workloads.serving.app import ServeConfig, run
+    from workloads.environment import environment
+    from workloads.serving.server import serve as run
 
-    outputs = resolve(stack, workdir)
-    outputs.apply_env()
-    run(ServeConfig(**settings.model_dump(), outputs=outputs))
+    run(settings, environment(stack, workdir))

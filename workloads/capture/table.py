@@ -1,0 +1,141 @@
+"""Buffered capture records -> one Arrow table (and Parquet bytes), built in bulk.
+
+One row per scored input row: the model's input columns plus `_request_id`, `_row`, `_ts`
+(UTC), `_model_name`, `_model_version` and `_prediction`. The flush runs beside the request
+path and shares its GIL, so nothing here spends Python work per row: one pandas concat and
+Arrow conversion for the inputs, metadata columns from numpy repeats and Arrow takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
+
+
+@dataclass(frozen=True)
+class Record:
+    """Scored requests (one, or a micro-batch in order), kept as references until the background flush."""
+
+    request_ids: list[str]
+    sizes: list[int]  # rows of each request, in the order of `inputs`
+    ts: datetime
+    model_name: str
+    model_version: str
+    inputs: pd.DataFrame
+    predictions: Any
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs)
+
+
+def records_to_table(records: list[Record]) -> pa.Table:
+    """The capture table (inputs plus the metadata columns) for a list of buffered records."""
+    inputs = pd.concat([rec.inputs for rec in records], ignore_index=True)
+    # A model input named like a metadata column is replaced by it, as it always was.
+    inputs = inputs.drop(columns=[c for c in META_COLUMNS if c in inputs.columns])
+    table = to_arrow(inputs)
+    sizes = np.fromiter((n for rec in records for n in rec.sizes), dtype="int64")
+    per_record = np.fromiter((rec.rows for rec in records), dtype="int64")
+    ids = pa.array([i for rec in records for i in rec.request_ids], type=pa.large_string())
+    stamps = np.fromiter((_micros(rec.ts) for rec in records), dtype="int64", count=len(records))
+    columns = {
+        "_request_id": ids.take(np.repeat(np.arange(len(sizes), dtype="int64"), sizes)),
+        # Row index within its own request: position in the table minus where the request starts.
+        "_row": pa.array(np.arange(len(inputs), dtype="int64") - np.repeat(np.cumsum(sizes) - sizes, sizes)),
+        "_ts": pa.array(np.repeat(stamps, per_record), type=pa.timestamp("us", tz="UTC")),
+        "_model_name": _constant_per_record([rec.model_name for rec in records], per_record),
+        "_model_version": _constant_per_record([rec.model_version for rec in records], per_record),
+        "_prediction": _predictions(records),
+    }
+    for name, column in columns.items():
+        table = table.append_column(name, column)
+    return table
+
+
+def write_parquet(table: pa.Table, sink: Any) -> None:
+    """Parquet with dictionary encoding only where it pays: strings and the per-batch timestamp.
+    Trying it on every float column (pyarrow's default) tripled the write time for larger files."""
+    dictionary = [f.name for f in table.schema
+                  if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name == "_ts"]
+    pq.write_table(table, sink, use_dictionary=dictionary)
+
+
+def to_arrow(table: pd.DataFrame) -> pa.Table:
+    """A pandas table as Arrow, keeping every row.
+
+    MLflow's schema lets any JSON value into a string column (1.5, true, 10**22 all score), which
+    Parquet cannot store next to strings: such a column keeps its rows as strings (missing values
+    stay null) instead of costing the whole flush its records.
+    """
+    try:
+        return pa.Table.from_pandas(table, preserve_index=False)
+    except _ARROW_ERRORS:
+        pass
+    fixed = table.copy()
+    for name in fixed.select_dtypes(include="object").columns:
+        try:
+            pa.array(fixed[name], from_pandas=True)
+        except _ARROW_ERRORS:
+            fixed[name] = _as_strings(fixed[name])
+    return pa.Table.from_pandas(fixed, preserve_index=False)
+
+
+def _prediction_column(predictions: Any, n_rows: int) -> np.ndarray:
+    """One value per input row, as an array (no per-row Python objects for numeric output)."""
+    if isinstance(predictions, (pd.DataFrame, pd.Series)):
+        values = predictions.to_numpy()
+    else:
+        values = np.asarray(predictions, dtype=object if isinstance(predictions, list) else None)
+    if values.ndim == 2:
+        # One number per row: a class-probability matrix keeps its last column (for a binary
+        # classifier, the positive class's probability).
+        values = values[:, -1]
+    return values[:n_rows]
+
+
+def _predictions(records: list[Record]) -> pa.Array:
+    """The `_prediction` column: numeric arrays are concatenated as they are (ints as int64, floats
+    as float64, the types their Python values always had); anything else goes value by value."""
+    parts = [_prediction_column(rec.predictions, rec.rows) for rec in records]
+    kinds = {v.dtype.kind for v in parts}
+    if len(kinds) == 1 and kinds <= {"i", "f", "b"}:
+        dtype = {"i": np.int64, "f": np.float64, "b": np.bool_}[kinds.pop()]
+        return pa.array(np.concatenate(parts).astype(dtype, copy=False))
+    return _arrow_column(pd.Series([v for part in parts for v in part.tolist()]))
+
+
+def _constant_per_record(values: list[str], per_record: np.ndarray) -> pa.Array:
+    """A string column that only changes between records (model name, version), built by index."""
+    uniques = list(dict.fromkeys(values))
+    codes = np.repeat(np.array([uniques.index(v) for v in values], dtype="int32"), per_record)
+    return pa.array(uniques, type=pa.large_string()).take(codes)
+
+
+def _micros(ts: datetime) -> int:
+    """Microseconds since the epoch; a naive time is taken as UTC."""
+    return ((ts if ts.tzinfo else ts.replace(tzinfo=UTC)) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _arrow_column(values: pd.Series) -> pa.Array:
+    """One column as Arrow; an object column mixing strings with other values is written as strings."""
+    try:
+        return pa.array(values, from_pandas=True)
+    except _ARROW_ERRORS:
+        if values.dtype != object:
+            raise
+    return pa.array(_as_strings(values), type=pa.large_string(), from_pandas=True)
+
+
+def _as_strings(values: pd.Series) -> list[Any]:
+    return [v if v is None or isinstance(v, str) or (isinstance(v, float) and v != v) else str(v) for v in values]
