@@ -35,10 +35,11 @@ ROWS_PER_REQUEST = 20
 class Run:
     """One stack's render, stand-ins and kubelet; the steps below use it in order."""
 
-    def __init__(self, stack: str, result: RenderResult, database_uri: str) -> None:
+    def __init__(self, stack: str, result: RenderResult, database_uri: str, s3: S3Server | None = None) -> None:
         self.stack, self.result = stack, result
         self.manifests = to_manifests(result)
-        self.s3 = S3Server()
+        # A given S3 server (the IAM-enforced suite's) belongs to the caller: it outlives the run.
+        self.s3, self.owns_s3 = s3 or S3Server(), s3 is None
         self.api = JobsApi()
         self.kubelet = Kubelet(cluster_for(result, s3_url=self.s3.url, database_uri=database_uri,
                                            api_url=self.api.url))
@@ -59,7 +60,8 @@ class Run:
     def stop(self) -> None:
         for process in self.running:
             process.stop()
-        self.s3.stop()
+        if self.owns_s3:
+            self.s3.stop()
         self.api.stop()
         report = SCRATCH_ROOT / f"outcomes-{self.stack}.txt"
         report.write_text("\n".join(o.line() for o in self.kubelet.outcomes) + "\n")
