@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from workloads.environment import Environment
@@ -121,3 +122,18 @@ def private_store(env: Environment, port: int, bucket: str, workdir: Path) -> En
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "outputs.json").write_text(outputs.model_dump_json())
     return private
+
+
+# --- a small model saved locally (in-process tests, no servers) --------------------------------
+
+SMALL_NUMERIC = ["x0", "x1", "x2"]
+SMALL_NAMES = SMALL_NUMERIC + ["n", "plan"]
+
+
+def small_frame(n: int, seed: int) -> pd.DataFrame:
+    """Rows for the small model: three doubles, a long and a string."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=SMALL_NUMERIC)
+    frame["n"] = rng.integers(0, 5, size=n)
+    frame["plan"] = rng.choice(["basic", "plus", "pro"], size=n).astype(object)
+    return frame

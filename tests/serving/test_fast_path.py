@@ -10,45 +10,13 @@ import pandas as pd
 import pytest
 
 import workloads  # noqa: F401 - telemetry off before mlflow is imported
+from tests.serving.helpers import SMALL_NAMES, SMALL_NUMERIC, small_frame
 from workloads.capture.table import records_to_table
 from workloads.capture.writer import CaptureWriter
 from workloads.serving.batching import Item, predict_fast
 from workloads.serving.fast_path import Fallback, FastInput, FastSchema
 from workloads.serving.model import LoadedModel
 from workloads.serving.protocol import fast_predictions_json, predictions_json
-
-NUMERIC = ["x0", "x1", "x2"]
-NAMES = NUMERIC + ["n", "plan"]
-
-
-def make_data(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(rng.normal(size=(n, 3)), columns=NUMERIC)
-    frame["n"] = rng.integers(0, 5, size=n)
-    frame["plan"] = rng.choice(["basic", "plus", "pro"], size=n).astype(object)
-    return frame
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> LoadedModel:
-    """A scaler + one-hot + logistic regression with a double/long/string signature, saved locally."""
-    import mlflow.pyfunc
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    X = make_data(300, 0)
-    y = ((X["x0"] + X["n"] / 4 + (X["plan"] == "pro")) > 0.8).astype(int)
-    pipe = Pipeline([("prep", ColumnTransformer([("num", StandardScaler(), NUMERIC + ["n"]),
-                                                 ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
-                     ("clf", LogisticRegression())]).fit(X, y)
-    path = tmp_path_factory.mktemp("model") / "m"
-    mlflow.sklearn.save_model(pipe, path, signature=infer_signature(X, pipe.predict_proba(X)),
-                              pyfunc_predict_fn="predict_proba")
-    return LoadedModel.of(mlflow.pyfunc.load_model(str(path)), "m", "champion", "1")
 
 
 def bodies(frame: pd.DataFrame) -> dict[str, bytes]:
@@ -63,8 +31,8 @@ def bodies(frame: pd.DataFrame) -> dict[str, bytes]:
 
 
 @pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
-def test_schema_of_signature(model):
-    assert model.fast == FastSchema(tuple(NAMES), (frozenset({float, int}),) * 3 + (frozenset({int}),
+def test_schema_of_signature(small_model):
+    assert small_model.fast == FastSchema(tuple(SMALL_NAMES), (frozenset({float, int}),) * 3 + (frozenset({int}),
                                                                                      frozenset({str})))
 
 
@@ -78,10 +46,10 @@ def test_schema_declines_columns_it_cannot_check():
     assert FastSchema.of(Schema([TensorSpec(np.dtype("float64"), (-1, 3))])) is None
 
 
-def test_all_shapes_parse_to_the_same_columns(model):
-    frame = make_data(3, 1)
-    parsed = {k: model.fast.parse(b) for k, b in bodies(frame).items()}
-    expected = [frame[c].tolist() for c in NAMES]
+def test_all_shapes_parse_to_the_same_columns(small_model):
+    frame = small_frame(3, 1)
+    parsed = {k: small_model.fast.parse(b) for k, b in bodies(frame).items()}
+    expected = [frame[c].tolist() for c in SMALL_NAMES]
     for shape, got in parsed.items():
         assert got is not None, shape
         assert got.rows == 3 and got.columns == expected, shape
@@ -92,10 +60,10 @@ ROW = {"x0": 0.5, "x1": -1.0, "x2": 2, "n": 3, "plan": "pro"}
 UNUSUAL = {
     "params": {"dataframe_records": [ROW], "params": {"a": 1}},
     "extra key": {"dataframe_records": [ROW], "other": 1},
-    "split with index": {"dataframe_split": {"columns": NAMES, "data": [list(ROW.values())], "index": [0]}},
-    "split, other column order": {"dataframe_split": {"columns": NAMES[::-1], "data": [list(ROW.values())[::-1]]}},
-    "split, ragged row": {"dataframe_split": {"columns": NAMES, "data": [list(ROW.values())[:-1]]}},
-    "split, no rows": {"dataframe_split": {"columns": NAMES, "data": []}},
+    "split with index": {"dataframe_split": {"columns": SMALL_NAMES, "data": [list(ROW.values())], "index": [0]}},
+    "split, other column order": {"dataframe_split": {"columns": SMALL_NAMES[::-1], "data": [list(ROW.values())[::-1]]}},
+    "split, ragged row": {"dataframe_split": {"columns": SMALL_NAMES, "data": [list(ROW.values())[:-1]]}},
+    "split, no rows": {"dataframe_split": {"columns": SMALL_NAMES, "data": []}},
     "records, missing column": {"dataframe_records": [{k: v for k, v in ROW.items() if k != "x1"}]},
     "records, extra column": {"dataframe_records": [{**ROW, "z": 1}]},
     "records, none": {"dataframe_records": []},
@@ -111,18 +79,18 @@ UNUSUAL = {
 
 
 @pytest.mark.parametrize("label", list(UNUSUAL))
-def test_unusual_requests_are_left_to_mlflow(model, label):
-    assert model.fast.parse(json.dumps(UNUSUAL[label]).encode()) is None
+def test_unusual_requests_are_left_to_mlflow(small_model, label):
+    assert small_model.fast.parse(json.dumps(UNUSUAL[label]).encode()) is None
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[1, 2]", b'"x"', b"\xff\xfe", b'{"dataframe_records": [1]}',
                                   b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"])  # json.loads recursion
-def test_unparseable_bodies_are_left_to_mlflow(model, body):
-    assert model.fast.parse(body) is None
+def test_unparseable_bodies_are_left_to_mlflow(small_model, body):
+    assert small_model.fast.parse(body) is None
 
 
-def test_type_check_accepts_what_it_promises(model):
-    assert model.fast.parse(json.dumps({"dataframe_records": [ROW]}).encode()) is not None  # int for a double
+def test_type_check_accepts_what_it_promises(small_model):
+    assert small_model.fast.parse(json.dumps({"dataframe_records": [ROW]}).encode()) is not None  # int for a double
 
 
 def _items(model: LoadedModel, inputs: list[FastInput]) -> list[Item]:
@@ -138,34 +106,34 @@ class _Recorder:
         return True
 
 
-def test_one_batch_of_mixed_shapes_predicts_like_the_model_in_process(model):
-    frame = make_data(40, 2)
+def test_one_batch_of_mixed_shapes_predicts_like_the_model_in_process(small_model):
+    frame = small_frame(40, 2)
     inputs, start = [], 0
     shapes = list(bodies(frame.iloc[:1]))
     for i, n in enumerate([1, 3, 1, 2, 5, 1, 4]):
         shape = shapes[i % len(shapes)]
-        inputs.append(model.fast.parse(bodies(frame.iloc[start:start + n])[shape]))
+        inputs.append(small_model.fast.parse(bodies(frame.iloc[start:start + n])[shape]))
         start += n
     recorder = _Recorder()
-    results = predict_fast(_items(model, inputs), recorder)
-    expected = np.asarray(model.pyfunc.predict(frame.iloc[:start]))
+    results = predict_fast(_items(small_model, inputs), recorder)
+    expected = np.asarray(small_model.pyfunc.predict(frame.iloc[:start]))
     got = np.concatenate([value for ok, value in results])
     assert all(ok for ok, _ in results)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     # Captured once for the whole batch: ids and sizes in order, the frame the model saw.
     ((ids, sizes, name, version, captured, output),) = recorder.calls
     assert ids == [f"r{i}" for i in range(7)] and sizes == [1, 3, 1, 2, 5, 1, 4]
-    assert (name, version) == ("m", "1") and len(captured) == start and list(captured.columns) == NAMES
-    np.testing.assert_array_equal(captured[NUMERIC].to_numpy(), frame.iloc[:start][NUMERIC].to_numpy())
+    assert (name, version) == ("m", "1") and len(captured) == start and list(captured.columns) == SMALL_NAMES
+    np.testing.assert_array_equal(captured[SMALL_NUMERIC].to_numpy(), frame.iloc[:start][SMALL_NUMERIC].to_numpy())
 
 
-def test_a_failing_batch_falls_back_whole_and_captures_nothing(model):
-    good = model.fast.parse(bodies(make_data(2, 3))["dataframe_split"])
+def test_a_failing_batch_falls_back_whole_and_captures_nothing(small_model):
+    good = small_model.fast.parse(bodies(small_frame(2, 3))["dataframe_split"])
     # NaN is a float, so it passes the cheap check; the model then raises on it.
-    poison = model.fast.parse(b'{"dataframe_records": [{"x0": NaN, "x1": 1.0, "x2": 1.0, "n": 1, "plan": "pro"}]}')
+    poison = small_model.fast.parse(b'{"dataframe_records": [{"x0": NaN, "x1": 1.0, "x2": 1.0, "n": 1, "plan": "pro"}]}')
     assert poison is not None
     recorder = _Recorder()
-    results = predict_fast(_items(model, [good, poison, good]), recorder)
+    results = predict_fast(_items(small_model, [good, poison, good]), recorder)
     assert [ok for ok, _ in results] == [False] * 3
     assert all(isinstance(value, Fallback) for _, value in results)
     assert recorder.calls == []
@@ -186,7 +154,7 @@ def test_hand_built_json_leaves_other_outputs_to_mlflow(predictions):
 
 def test_batch_capture_record_numbers_rows_per_request():
     writer = CaptureWriter(s3=None, bucket="b", endpoint="e")
-    frame = make_data(6, 4)
+    frame = small_frame(6, 4)
     ts = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     assert writer.record_batch(["a", "b", "c"], [2, 1, 3], "m", "7", frame, np.arange(6) / 10, ts=ts)
     assert writer.record("d", "m", "7", frame.iloc[:1], np.array([0.5]), ts=ts)
@@ -217,7 +185,7 @@ def test_odd_values_in_a_string_column_cost_no_other_request_its_capture():
     ts = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     odd = ["pro", 1.5, None, True, 10**22, "basic"]
     for i, value in enumerate(odd):
-        frame = make_data(1, i)
+        frame = small_frame(1, i)
         frame["plan"] = pd.Series([value], dtype=object)
         assert writer.record(f"r{i}", "m", "7", frame, np.array([i / 10]), ts=ts)
     assert writer.flush() == len(odd)
