@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.training --quick           # 4,000 rows, a smaller quickstart
     .venv/bin/python -m benchmarks.training --rows 400 --no-quickstart      # tiny (tests)
 
-Search: `workloads.train.run_search` (what `train()` runs: every family of the spec, scikit-learn
+Search: `workloads.training.search.run_search` (what `train()` runs: every family of the spec, scikit-learn
 cross-validation with `n_jobs=-1`) on the sample churn data, each measurement in its own
 subprocess. `run_search` has no `n_jobs` argument; the "1 core" process is pinned to one CPU
 with `sched_setaffinity` before Python starts, so joblib (loky's `cpu_count` honours the
@@ -14,7 +14,7 @@ exclude imports and data generation. "seconds" is the first search in a fresh pr
 training Job pays, joblib's worker start-up included), "warm" a second search in the same
 process. Both settings must produce the same candidates and scores.
 
-Quickstart: `workloads.quickstart.run` in a fresh temporary workdir (stack up, train, serve,
+Quickstart: `workloads.devstack.quickstart.run` in a fresh temporary workdir (stack up, train, serve,
 traffic, two monitoring windows, retraining, reload), total and per step, plus stopping the stack.
 """
 
@@ -44,7 +44,10 @@ def search_child(rows: int, spec_path: Path, seed: int) -> dict:
     """Time one `run_search` on the sample data (runs inside the pinned child)."""
     import workloads  # noqa: F401 - telemetry off before mlflow can be imported
     from workloads.data.sample import generate
-    from workloads.training.job import DEFAULT_METRIC, METRICS, TrainingSpec, infer_task, run_search
+    from workloads.training.metrics import DEFAULT_METRIC, METRICS
+    from workloads.training.prepare import infer_task
+    from workloads.training.search import run_search
+    from workloads.training.spec import TrainingSpec
 
     spec = TrainingSpec.from_yaml(spec_path)
     df = generate(rows, seed=seed)

@@ -1,7 +1,7 @@
 """Shared pieces of the fault drills: one small registered churn model and one endpoint serving it.
 
 Drills that kill a server start their own servers; the others share the session's local stack
-(`local_stack` in tests/conftest.py) and the endpoint below. Endpoints are started with the
+(`local_env` in tests/conftest.py) and the endpoint below. Endpoints are started with the
 serving tests' helper (`tests/serving/helpers.py::Endpoint`: a `mlops serve` subprocess on a
 free 127.0.0.1 port, stopped by its pid).
 """
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.serving.helpers import Endpoint
-from workloads.environment import StackOutputs
+from workloads.environment import Environment
 
 MODEL = "drill-churn"
 TARGET = "churned"
@@ -32,16 +32,18 @@ def tiny_spec(name: str, source: str | None = None, **search: object) -> dict:
 
 
 @pytest.fixture(scope="session")
-def churn_model(local_stack: StackOutputs) -> dict:
-    """`drill-churn` v1 (champion), trained by `workloads.train.train` like any user model."""
+def churn_model(local_env: Environment) -> dict:
+    """`drill-churn` v1 (champion), trained by `workloads.training.job.train` like any user model."""
     import mlflow.pyfunc
 
     from workloads.data.sample import generate
-    from workloads.training.job import TrainingSpec, train
+    from workloads.training.job import train
+    from workloads.training.spec import TrainingSpec
 
-    result = train(TrainingSpec.parse(tiny_spec(MODEL)), local_stack, data=generate(800, seed=5), progress=False)
+    result = train(TrainingSpec.parse(tiny_spec(MODEL)), local_env, data=generate(800, seed=5), progress=False)
     assert result.decision == "champion"
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
+    with local_env.tracking():
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{result.version}")
     return {"name": MODEL, "version": result.version, "model": model}
 
 

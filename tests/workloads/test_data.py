@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workloads.data import dataset as data
-from workloads.data.dataset import DatasetSchema, DataValidationError
 from workloads.data.sample import generate
-from workloads.environment import StackOutputs
+from workloads.data.schema import DatasetSchema, DataValidationError, check, validate
+from workloads.environment import Environment
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def schema(sample: pd.DataFrame) -> DatasetSchema:
 
 
 def test_inferred_schema_accepts_its_own_data_and_fresh_data(sample: pd.DataFrame, schema: DatasetSchema) -> None:
-    assert data.validate(sample, schema) == []
-    assert data.validate(generate(800, 1), schema) == []
+    assert validate(sample, schema) == []
+    assert validate(generate(800, 1), schema) == []
     assert schema.columns["contract"].categories == ["month-to-month", "one-year", "two-year"]
     assert schema.columns["tenure_months"].kind == "integer"
     assert schema.columns["tenure_months"].min == 0.0  # never negative: slack stops at zero
@@ -43,7 +43,7 @@ def test_every_violation_is_reported_at_once(sample: pd.DataFrame, schema: Datas
     bad.loc[: len(bad) // 2, "total_charges"] = np.nan
     bad.loc[3, "region"] = "atlantis"
     bad.loc[4, "monthly_charges"] = 10_000.0
-    found = {(v.column, v.check) for v in data.validate(bad, schema)}
+    found = {(v.column, v.check) for v in validate(bad, schema)}
     assert found == {
         ("age", "missing_column"),
         ("support_calls", "wrong_dtype"),
@@ -52,7 +52,7 @@ def test_every_violation_is_reported_at_once(sample: pd.DataFrame, schema: Datas
         ("monthly_charges", "out_of_range"),
     }
     with pytest.raises(DataValidationError) as info:
-        data.check(bad, schema, "churn")
+        check(bad, schema, "churn")
     report = str(info.value)
     assert "5 violation(s)" in report
     for word in ("age", "missing", "atlantis", "10000", "support_calls", "expected integer"):
@@ -62,9 +62,9 @@ def test_every_violation_is_reported_at_once(sample: pd.DataFrame, schema: Datas
 def test_integers_read_back_as_floats_with_missing_values_are_accepted(schema: DatasetSchema) -> None:
     df = generate(200, 2)
     df["num_products"] = df["num_products"].astype("float64")
-    assert data.validate(df, schema) == []
+    assert validate(df, schema) == []
     df.loc[0, "num_products"] = 2.5
-    assert [v.check for v in data.validate(df, schema)] == ["wrong_dtype"]
+    assert [v.check for v in validate(df, schema)] == ["wrong_dtype"]
 
 
 def test_schema_round_trips_and_rejects_unknown_keys(schema: DatasetSchema) -> None:
@@ -117,18 +117,36 @@ def test_split_is_seeded_and_stratified(sample: pd.DataFrame) -> None:
 
 
 @pytest.mark.servers
-def test_store_once_and_load_from_s3(local_stack: StackOutputs, sample: pd.DataFrame) -> None:
-    name = f"test-store-{uuid.uuid4().hex[:8]}"
-    first = data.store(sample, name, local_stack)
-    second = data.store(sample.copy(), name, local_stack)
+def test_store_once_and_load_from_s3(local_env: Environment, sample: pd.DataFrame) -> None:
+    name, bucket = f"test-store-{uuid.uuid4().hex[:8]}", local_env.outputs.data_bucket
+    first = data.store(sample, name, local_env)
+    second = data.store(sample.copy(), name, local_env)
     assert first.uploaded and not second.uploaded
-    assert first.uri == second.uri == f"s3://{local_stack.data_bucket}/datasets/{name}/{first.digest}/data.parquet"
-    listed = local_stack.s3_client().list_objects_v2(Bucket=local_stack.data_bucket, Prefix=f"datasets/{name}/")
+    assert first.uri == second.uri == f"s3://{bucket}/datasets/{name}/{first.digest}/data.parquet"
+    listed = local_env.s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/")
     assert [o["Key"] for o in listed["Contents"]] == [f"datasets/{name}/{first.digest}/data.parquet"]
-    back = data.load(first.uri, local_stack)
+    back = data.load(first.uri, local_env)
     assert data.digest(back) == first.digest
-    assert data.load_schema(name, local_stack) is None
-    data.save_schema(name, DatasetSchema.infer(sample), local_stack)
-    assert data.load_schema(name, local_stack) == DatasetSchema.infer(sample)
+    assert data.load_schema(name, local_env) is None
+    data.save_schema(name, DatasetSchema.infer(sample), local_env)
+    assert data.load_schema(name, local_env) == DatasetSchema.infer(sample)
     with pytest.raises(data.DataError, match="no such object"):
-        data.load(f"s3://{local_stack.data_bucket}/datasets/{name}/nothing.csv", local_stack)
+        data.load(f"s3://{bucket}/datasets/{name}/nothing.csv", local_env)
+
+
+def test_reading_or_writing_s3_without_an_environment_is_refused(sample: pd.DataFrame) -> None:
+    with pytest.raises(data.DataError, match="needs an environment"):
+        data.load("s3://bucket/churn.parquet")
+    with pytest.raises(data.DataError, match="needs an environment"):
+        data.write(sample, "s3://bucket/churn.parquet")
+
+
+@pytest.mark.servers
+def test_write_then_load_round_trips_through_s3_and_files(
+    local_env: Environment, sample: pd.DataFrame, tmp_path: Path
+) -> None:
+    digest = data.digest(sample)
+    for where in (f"s3://{local_env.outputs.data_bucket}/incoming/rt-{uuid.uuid4().hex[:8]}.csv",
+                  str(tmp_path / "nested" / "rt.parquet")):
+        assert data.write(sample, where, local_env) == where
+        assert data.digest(data.load(where, local_env)) == digest

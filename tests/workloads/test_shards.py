@@ -11,33 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow.tracking import MlflowClient
 from scipy import stats
 from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
 from typer.testing import CliRunner
 
-from workloads.data import dataset as datasets
 from workloads.cli import app
+from workloads.data import dataset as datasets
 from workloads.data.sample import generate
-from workloads.environment import StackOutputs
-from workloads.training.job import (
-    GROUP_TAG,
-    METRICS,
-    SHARD_TAG,
-    ShardResult,
-    SpecError,
-    TrainingSpec,
-    TrainResult,
-    build_pipeline,
-    evaluate,
-    finished_shards,
-    format_uri,
-    make_estimator,
-    plan_candidates,
-    run_search,
-    search_shard,
-    shard_candidates,
-)
+from workloads.environment import Environment, StackOutputs
+from workloads.training.errors import SpecError
+from workloads.training.job import search_shard
+from workloads.training.metrics import METRICS
+from workloads.training.models import build_pipeline, make_estimator
+from workloads.training.report import ShardResult, TrainResult
+from workloads.training.search import evaluate, plan_candidates, run_search, shard_candidates
+from workloads.training.shards import GROUP_TAG, SHARD_TAG, finished_shards
+from workloads.training.spec import TrainingSpec, format_uri
 
 OUTPUTS = StackOutputs(environment="dev", tracking_uri="http://mlflow:5000", data_bucket="dev-data",
                        artifact_bucket="dev-artifacts", capture_bucket="dev-capture")
@@ -145,7 +134,7 @@ def test_shard_and_select_options_are_checked() -> None:
 
 @pytest.mark.servers
 def test_two_shards_then_select_register_the_best_candidate_of_the_union(
-    local_stack: StackOutputs, local_workdir: Path, tmp_path: Path
+    local_env: Environment, local_workdir: Path, tmp_path: Path
 ) -> None:
     name = f"churn-shards-{uuid.uuid4().hex[:8]}"
     source = f"s3://{{data_bucket}}/incoming/{name}.parquet"
@@ -153,7 +142,7 @@ def test_two_shards_then_select_register_the_best_candidate_of_the_union(
     seeded = runner.invoke(app, ["data", "generate", source, "--rows", "300", "--seed", "4",
                                  "--workdir", str(local_workdir)])
     assert seeded.exit_code == 0, seeded.output
-    assert f"s3://{local_stack.data_bucket}/incoming/{name}.parquet" in seeded.output
+    assert f"s3://{local_env.outputs.data_bucket}/incoming/{name}.parquet" in seeded.output
     spec = spec_for(name, source)
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
@@ -162,16 +151,17 @@ def test_two_shards_then_select_register_the_best_candidate_of_the_union(
                                 "--workdir", str(local_workdir)])
     assert first.exit_code == 0, first.output
     shard0 = ShardResult.model_validate_json(first.stdout)
-    shard1 = search_shard(spec, local_stack, 1, 2, progress=False)
-    rerun = search_shard(spec, local_stack, 1, 2, progress=False)  # a retried pod: same results, newer run
+    shard1 = search_shard(spec, local_env, 1, 2, progress=False)
+    rerun = search_shard(spec, local_env, 1, 2, progress=False)  # a retried pod: same results, newer run
     assert shard0.group == shard1.group == rerun.group
     assert (shard0.n_candidates, shard1.n_candidates) == (3, 3)
-    assert MlflowClient().search_model_versions(f"name='{name}'") == []  # shards register nothing
+    client = local_env.mlflow_client()
+    assert client.search_model_versions(f"name='{name}'") == []  # shards register nothing
 
-    client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     finished, missing = finished_shards(client, experiment.experiment_id, shard0.group, 2)
     assert missing == {} and finished[1].info.run_id == rerun.run_id
+    assert len(finished[1].data.tags["mlops.git.commit"]) == 40  # search runs carry the code's lineage too
     children = client.search_runs([experiment.experiment_id], f"tags.`{GROUP_TAG}` = '{shard0.group}' and "
                                   f"tags.`{SHARD_TAG}` = '0' and tags.mlflow.parentRunId = '{shard0.run_id}'")
     assert sorted(int(c.data.tags["mlops.candidate.index"]) for c in children) == [0, 2, 4]
@@ -190,7 +180,7 @@ def test_two_shards_then_select_register_the_best_candidate_of_the_union(
 
 @pytest.mark.servers
 def test_select_with_a_missing_shard_fails_clearly_and_registers_nothing(
-    local_stack: StackOutputs, local_workdir: Path, tmp_path: Path
+    local_env: Environment, local_workdir: Path, tmp_path: Path
 ) -> None:
     name = f"churn-missing-{uuid.uuid4().hex[:8]}"
     data_path = tmp_path / "churn.parquet"
@@ -198,10 +188,10 @@ def test_select_with_a_missing_shard_fails_clearly_and_registers_nothing(
     spec = spec_for(name, str(data_path))
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    search_shard(spec, local_stack, 0, 3, progress=False)
+    search_shard(spec, local_env, 0, 3, progress=False)
     result = CliRunner().invoke(app, ["train", str(spec_path), "--select", "--shards", "3", "--wait-timeout", "0",
                                       "--workdir", str(local_workdir)])
     assert result.exit_code == 1, result.output
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "2 of 3 shard(s) have no finished run" in output and "1 (no run), 2 (no run)" in output
-    assert MlflowClient().search_model_versions(f"name='{name}'") == []
+    assert local_env.mlflow_client().search_model_versions(f"name='{name}'") == []

@@ -18,6 +18,8 @@ def generate(settings: GenerateSettings, stack: str | None = STACK, workdir: str
     (where workloads/specs/churn.yaml reads its data); --stack/--workdir then say which store.
     """
     from workloads.data.sample import write_sample
+    from workloads.environment import environment
 
-    where, rows, columns = write_sample(settings, stack, workdir)
+    env = environment(stack, workdir) if settings.out.startswith("s3://") else None  # a local file needs none
+    where, rows, columns = write_sample(settings, env)
     console.print(f"wrote {rows} rows, {columns} columns to {where}")

@@ -17,17 +17,12 @@ def train(settings: TrainSettings, stack: str | None = STACK, workdir: str | Non
     Exit codes: 2 bad spec, options or environment; 3 data validation failed; 1 training failed
     (e.g. shards missing, a server went away); nothing is registered in any of these cases.
     """
-    from workloads.environment import resolve
-    from workloads.training.job import ShardResult, run_settings, summary_table
+    from workloads.environment import environment
+    from workloads.training.job import run
+    from workloads.training.report import ShardResult, shard_summary, summary_table
 
-    outputs = resolve(stack, workdir)
-    result = run_settings(settings, outputs, progress=not as_json)
+    result = run(settings, environment(stack, workdir), progress=not as_json)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
-    elif isinstance(result, ShardResult):
-        best = "no candidates" if result.best is None else \
-            f"best {result.best.family} {result.best.params} cv {result.best.cv_score:.4f}"
-        console.print(f"shard {result.shard}/{result.shards} of group {result.group}: "
-                      f"{result.n_candidates} candidates, {best} (run {result.run_id})")
     else:
-        console.print(summary_table(result))
+        console.print(shard_summary(result) if isinstance(result, ShardResult) else summary_table(result))

@@ -1,13 +1,10 @@
-"""Datasets: ingest, validate against a schema, version by content digest, split.
+"""Dataset versions: read and write tables, version them by content digest, store, split.
 
-- `load(source)` reads CSV or Parquet from a local path or an `s3://bucket/key` URI.
-- `DatasetSchema` records, per column, its dtype kind, allowed categories, value range and
-  maximum null rate. It is inferred from the first version of a dataset and stored at
-  `s3://<data_bucket>/datasets/<name>/schema.json`, or given explicitly in a training spec.
-- `validate(df, schema)` returns every violation; `check(df, schema)` raises
-  `DataValidationError` with a readable report of all of them.
-- `store(df, name, outputs)` writes the data once, content-addressed, at
-  `s3://<data_bucket>/datasets/<name>/<digest>/data.parquet`.
+- `load(source, env)` reads CSV or Parquet from a local path or an `s3://bucket/key` URI;
+  `write(df, destination, env)` writes one the same way.
+- `store(df, name, env)` writes the data once, content-addressed, at
+  `s3://<data_bucket>/datasets/<name>/<digest>/data.parquet` (workloads/layout.py); the
+  dataset's schema (workloads/data/schema.py) is stored beside its versions.
 - `split(df, target, ...)` is the deterministic, seeded (stratified for classification)
   train/holdout split that training records and monitoring reuses.
 """
@@ -24,166 +21,23 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from workloads.environment import StackOutputs
-from workloads.errors import UsageError, ValidationFailed
+from workloads import layout
+from workloads.data.schema import DatasetSchema, kind_of
+from workloads.environment import Environment
+from workloads.errors import MlopsError, UsageError
 
-Kind = Literal["integer", "float", "boolean", "string", "datetime"]
-NUMERIC_KINDS = ("integer", "float")
-# Inferred ranges get this much slack (as a fraction of the observed span) on each side, so
-# the next month's data is not rejected for a customer one month older than any seen so far.
-RANGE_SLACK = 0.25
-# Inferred null-rate limits: twice the observed rate, and never below this.
-MIN_NULL_RATE_LIMIT = 0.05
-# A string column with at most this many distinct values is treated as categorical.
-MAX_CATEGORIES = 50
 DIGEST_CHARS = 32  # 128 bits of sha256; MLflow's dataset digest column holds 36 characters
 
 
 class DataError(UsageError, ValueError):
-    kind = "DataError"
-
     """A dataset could not be read."""
 
-
-class ColumnSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Kind
-    categories: list[str] | None = Field(None, description="allowed values (string columns)")
-    min: float | None = None
-    max: float | None = None
-    max_null_rate: float = Field(0.0, ge=0.0, le=1.0)
+    kind = "DataError"
 
 
-class DatasetSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    columns: dict[str, ColumnSchema]
-
-    @classmethod
-    def infer(cls, df: pd.DataFrame) -> DatasetSchema:
-        """The schema of a first version: its kinds, categories, ranges (with slack) and null rates."""
-        columns: dict[str, ColumnSchema] = {}
-        for name in df.columns:
-            col = df[name]
-            kind = kind_of(col)
-            null_rate = float(col.isna().mean()) if len(col) else 0.0
-            spec: dict[str, Any] = {
-                "kind": kind,
-                "max_null_rate": min(1.0, max(MIN_NULL_RATE_LIMIT, 2 * null_rate)) if null_rate else 0.0,
-            }
-            values = col.dropna()
-            if kind in NUMERIC_KINDS and len(values):
-                lo, hi = float(values.min()), float(values.max())
-                slack = RANGE_SLACK * (hi - lo)
-                # Counts and amounts that were never negative stay non-negative.
-                spec["min"] = max(0.0, lo - slack) if lo >= 0 else lo - slack
-                spec["max"] = hi + slack
-            elif kind == "string" and 0 < values.nunique() <= MAX_CATEGORIES:
-                spec["categories"] = sorted(str(v) for v in values.unique())
-            columns[str(name)] = ColumnSchema(**spec)
-        return cls(columns=columns)
-
-
-class Violation(BaseModel):
-    column: str
-    check: Literal["missing_column", "wrong_dtype", "unseen_category", "out_of_range", "null_rate"]
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.column}: {self.check}: {self.message}"
-
-
-class DataValidationError(ValidationFailed, ValueError):
-    kind = "data validation failed, nothing registered"
-
-    """The data does not match its schema; `violations` lists every problem found."""
-
-    def __init__(self, name: str, violations: list[Violation]):
-        self.violations = violations
-        lines = "\n".join(f"  - {v}" for v in violations)
-        super().__init__(f"dataset {name!r} failed validation ({len(violations)} violation(s)):\n{lines}")
-
-
-def kind_of(col: pd.Series) -> Kind:
-    if pd.api.types.is_bool_dtype(col):
-        return "boolean"
-    if pd.api.types.is_integer_dtype(col):
-        return "integer"
-    if pd.api.types.is_float_dtype(col):
-        return "float"
-    if pd.api.types.is_datetime64_any_dtype(col):
-        return "datetime"
-    return "string"
-
-
-def _compatible(expected: Kind, actual: Kind, col: pd.Series) -> bool:
-    if expected == actual:
-        return True
-    if expected == "float" and actual == "integer":
-        return True
-    if expected == "integer" and actual == "float":
-        # An integer column with missing values is read back as float: fine if whole numbers.
-        values = col.dropna().to_numpy(dtype="float64")
-        return bool(np.all(np.mod(values, 1) == 0))
-    # A column of only missing values has no real dtype.
-    return bool(col.isna().all())
-
-
-def validate(df: pd.DataFrame, schema: DatasetSchema, *, columns: list[str] | None = None) -> list[Violation]:
-    """Every violation of `schema` in `df` (only `columns`, when given). Extra columns are allowed."""
-    found: list[Violation] = []
-    for name, spec in schema.columns.items():
-        if columns is not None and name not in columns:
-            continue
-        if name not in df.columns:
-            found.append(Violation(column=name, check="missing_column", message="column is missing"))
-            continue
-        col = df[name]
-        actual = kind_of(col)
-        if not _compatible(spec.kind, actual, col):
-            found.append(Violation(
-                column=name, check="wrong_dtype", message=f"expected {spec.kind}, got {actual} ({col.dtype})"
-            ))
-            continue  # range and category checks make no sense on the wrong type
-        null_rate = float(col.isna().mean()) if len(col) else 0.0
-        if null_rate > spec.max_null_rate:
-            found.append(Violation(
-                column=name, check="null_rate",
-                message=f"{null_rate:.1%} missing, above the limit of {spec.max_null_rate:.1%}",
-            ))
-        values = col.dropna()
-        if spec.categories is not None and len(values):
-            unseen = sorted(set(values.astype(str).unique()) - set(spec.categories))
-            if unseen:
-                shown = ", ".join(repr(v) for v in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
-                found.append(Violation(
-                    column=name, check="unseen_category",
-                    message=f"{len(unseen)} value(s) outside the allowed set: {shown}",
-                ))
-        if spec.kind in NUMERIC_KINDS and len(values):
-            lo, hi = float(values.min()), float(values.max())
-            below = spec.min is not None and lo < spec.min
-            above = spec.max is not None and hi > spec.max
-            if below or above:
-                found.append(Violation(
-                    column=name, check="out_of_range",
-                    message=f"values span [{lo:g}, {hi:g}], allowed [{spec.min:g}, {spec.max:g}]"
-                    if spec.min is not None and spec.max is not None
-                    else f"values span [{lo:g}, {hi:g}], allowed min {spec.min}, max {spec.max}",
-                ))
-    return found
-
-
-def check(df: pd.DataFrame, schema: DatasetSchema, name: str, *, columns: list[str] | None = None) -> None:
-    violations = validate(df, schema, columns=columns)
-    if violations:
-        raise DataValidationError(name, violations)
-
-
-# --- ingest ---------------------------------------------------------------------------------
+# --- read and write -------------------------------------------------------------------------
 
 
 def _format(source: str) -> Literal["csv", "parquet"]:
@@ -195,19 +49,23 @@ def _format(source: str) -> Literal["csv", "parquet"]:
     raise DataError(f"{source}: unknown format; expected a .csv, .csv.gz, .parquet or .pq file")
 
 
-def load(source: str, outputs: StackOutputs | None = None) -> pd.DataFrame:
-    """Read a CSV or Parquet file from a local path or an s3:// URI (S3 needs `outputs`)."""
+def _s3_location(uri: str) -> tuple[str, str]:
+    url = urlparse(uri)
+    return url.netloc, url.path.lstrip("/")
+
+
+def load(source: str, env: Environment | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file from a local path or an s3:// URI (S3 needs the environment)."""
     fmt = _format(source)
     if source.startswith("s3://"):
-        if outputs is None:
-            raise DataError(f"{source}: reading from S3 needs the stack outputs")
-        url = urlparse(source)
-        client = outputs.s3_client()
+        if env is None:
+            raise DataError(f"{source}: reading from S3 needs an environment")
+        bucket, key = _s3_location(source)
         try:
-            body = client.get_object(Bucket=url.netloc, Key=url.path.lstrip("/"))["Body"].read()
-        except client.exceptions.NoSuchKey:
+            body = env.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except env.s3.exceptions.NoSuchKey:
             raise DataError(f"{source}: no such object") from None
-        except client.exceptions.ClientError as exc:
+        except env.s3.exceptions.ClientError as exc:
             raise DataError(f"{source}: {exc}") from None
         handle: Any = io.BytesIO(body)
         compression = "gzip" if source.lower().endswith(".gz") else None
@@ -222,6 +80,28 @@ def load(source: str, outputs: StackOutputs | None = None) -> pd.DataFrame:
         return pd.read_parquet(handle)
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
         raise DataError(f"{source}: could not read as {fmt}: {exc}") from None
+
+
+def write(df: pd.DataFrame, destination: str, env: Environment | None = None) -> str:
+    """Write CSV or Parquet (by suffix) to a local path or an s3:// URI; returns where it went."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    csv = _format(destination) == "csv"
+    if not destination.startswith("s3://"):
+        path = Path(destination)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False) if csv else df.to_parquet(path, index=False)
+        return str(path)
+    if env is None:
+        raise DataError(f"{destination}: writing to S3 needs an environment")
+    buffer = io.BytesIO()
+    df.to_csv(buffer, index=False) if csv else df.to_parquet(buffer, index=False)
+    bucket, key = _s3_location(destination)
+    try:
+        env.s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    except (BotoCoreError, ClientError) as exc:  # store down, no such bucket, denied
+        raise MlopsError(f"{destination}: could not write: {exc}") from None
+    return destination
 
 
 # --- versioning -----------------------------------------------------------------------------
@@ -264,10 +144,6 @@ class DatasetVersion(BaseModel):
     uploaded: bool  # False when the same content was already stored
 
 
-def dataset_prefix(name: str) -> str:
-    return f"datasets/{name}/"
-
-
 def _exists(client: Any, bucket: str, key: str) -> bool:
     try:
         client.head_object(Bucket=bucket, Key=key)
@@ -278,37 +154,33 @@ def _exists(client: Any, bucket: str, key: str) -> bool:
         raise
 
 
-def store(df: pd.DataFrame, name: str, outputs: StackOutputs, *, content_digest: str | None = None) -> DatasetVersion:
+def store(df: pd.DataFrame, name: str, env: Environment, *, content_digest: str | None = None) -> DatasetVersion:
     """Store `df` once at `s3://<data_bucket>/datasets/<name>/<digest>/data.parquet`."""
     content_digest = content_digest or digest(df)
-    key = f"{dataset_prefix(name)}{content_digest}/data.parquet"
-    client = outputs.s3_client()
+    bucket, key = env.outputs.data_bucket, layout.dataset_version_key(name, content_digest)
     uploaded = False
-    if not _exists(client, outputs.data_bucket, key):
+    if not _exists(env.s3, bucket, key):
         buffer = io.BytesIO()
         df.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
-        client.put_object(Bucket=outputs.data_bucket, Key=key, Body=buffer.getvalue())
+        env.s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
         uploaded = True
-    return DatasetVersion(
-        name=name, digest=content_digest, uri=f"s3://{outputs.data_bucket}/{key}", rows=len(df), uploaded=uploaded
-    )
+    return DatasetVersion(name=name, digest=content_digest, uri=f"s3://{bucket}/{key}", rows=len(df),
+                          uploaded=uploaded)
 
 
-def load_schema(name: str, outputs: StackOutputs) -> DatasetSchema | None:
-    client = outputs.s3_client()
+def load_schema(name: str, env: Environment) -> DatasetSchema | None:
+    """The schema stored with the dataset's first version, if any."""
     try:
-        body = client.get_object(Bucket=outputs.data_bucket, Key=f"{dataset_prefix(name)}schema.json")["Body"]
-    except client.exceptions.NoSuchKey:
+        body = env.s3.get_object(Bucket=env.outputs.data_bucket, Key=layout.dataset_schema_key(name))["Body"]
+    except env.s3.exceptions.NoSuchKey:
         return None
     return DatasetSchema.model_validate_json(body.read())
 
 
-def save_schema(name: str, schema: DatasetSchema, outputs: StackOutputs) -> str:
-    key = f"{dataset_prefix(name)}schema.json"
-    outputs.s3_client().put_object(
-        Bucket=outputs.data_bucket, Key=key, Body=json.dumps(schema.model_dump(), indent=2).encode()
-    )
-    return f"s3://{outputs.data_bucket}/{key}"
+def save_schema(name: str, schema: DatasetSchema, env: Environment) -> str:
+    key = layout.dataset_schema_key(name)
+    env.s3.put_object(Bucket=env.outputs.data_bucket, Key=key, Body=json.dumps(schema.model_dump(), indent=2).encode())
+    return f"s3://{env.outputs.data_bucket}/{key}"
 
 
 # --- split ----------------------------------------------------------------------------------

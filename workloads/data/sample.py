@@ -35,10 +35,16 @@ The same `seed` gives the same rows, whatever the options.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+
+from workloads.errors import UsageError
+
+if TYPE_CHECKING:
+    from workloads.environment import Environment
+    from workloads.settings import GenerateSettings
 
 Target = Literal["churned", "monthly_spend"]
 
@@ -173,17 +179,14 @@ def _spend(df: pd.DataFrame, rng: np.random.Generator, concept_drift: float) -> 
     return np.round(spend, 2)
 
 
-def write_sample(settings: Any, stack: str | None = None, workdir: str | None = None) -> tuple[str, int, int]:
-    """Generate per `GenerateSettings` and write to a local file or an s3:// URI; (where, rows, columns)."""
-    import io
-    from pathlib import Path
-    from urllib.parse import urlparse
+def write_sample(settings: GenerateSettings, env: Environment | None) -> tuple[str, int, int]:
+    """Generate per `GenerateSettings` and write to a local file or an s3:// URI; (where, rows, columns).
 
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from workloads.environment import resolve
-    from workloads.errors import MlopsError, UsageError
-    from workloads.training.job import format_uri
+    `env` is the environment whose store an s3:// OUT (with stack placeholders) names; a local
+    file needs none.
+    """
+    from workloads.data import dataset
+    from workloads.training.spec import format_uri
 
     features = [f.strip() for f in settings.shift_features.split(",") if f.strip()] \
         if settings.shift_features else None
@@ -192,19 +195,9 @@ def write_sample(settings: Any, stack: str | None = None, workdir: str | None = 
                       concept_drift=settings.concept_drift, labels=settings.labels, target=settings.target)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    csv = settings.out.lower().endswith(".csv")
-    if not settings.out.startswith("s3://"):
-        path = Path(settings.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(path, index=False) if csv else df.to_parquet(path, index=False)
-        return str(path), len(df), len(df.columns)
-    outputs = resolve(stack, workdir)
-    uri = format_uri(settings.out, outputs, "OUT")
-    url = urlparse(uri)
-    buffer = io.BytesIO()
-    df.to_csv(buffer, index=False) if csv else df.to_parquet(buffer, index=False)
-    try:
-        outputs.s3_client().put_object(Bucket=url.netloc, Key=url.path.lstrip("/"), Body=buffer.getvalue())
-    except (BotoCoreError, ClientError) as exc:  # store down, no such bucket, denied
-        raise MlopsError(f"{uri}: could not write: {exc}") from None
-    return uri, len(df), len(df.columns)
+    destination = settings.out
+    if destination.startswith("s3://"):
+        if env is None:
+            raise UsageError(f"OUT {destination!r}: writing to S3 needs an environment")
+        destination = format_uri(destination, env.outputs, "OUT")
+    return dataset.write(df, destination, env), len(df), len(df.columns)
