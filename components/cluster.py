@@ -1,11 +1,13 @@
 """Where the environment's Kubernetes workloads run, and the one provider that reaches it.
 
 Modes (cluster.mode):
-- `create` (cloud: aws): an EKS cluster (API auth mode, KMS-encrypted secrets, control-plane
-  logs, private endpoint; public only for `publicAccessCidrs`, never in prod by default),
-  its IAM OIDC provider for IRSA, the core add-ons, an on-demand system node group, the
-  training node groups from config (scale from zero, spot, GPU AMI, tainted), and the
-  cluster autoscaler.
+- `create` (cloud: aws): an EKS cluster (API auth mode with explicit access entries and no implicit
+  creator admin, KMS-encrypted secrets, control-plane logs, private endpoint; public only for
+  `publicAccessCidrs`, never in prod by default, STANDARD upgrade policy on a version from
+  components/eks_versions.py), its IAM OIDC provider for IRSA, the EKS managed add-ons
+  (components/addons.py), an on-demand system node group, the training node groups from config
+  (scale from zero, spot, GPU AMI, tainted), and the cluster-autoscaler's IRSA role. Everything here
+  goes through AWS APIs: the in-cluster services are components/cluster_services.py.
 - `existing` (cloud: aws): attach to the cluster another stack created, through a
   StackReference to `cluster.stackReference`; nothing cluster-wide is created.
 - `kubeconfig` (cloud: none): any cluster (kind, k3d, minikube) from a kubeconfig context.
@@ -23,17 +25,26 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.config import EnvironmentConfig, Kind, NodePool, Secrets
+from components.access import access_entries
+from components.addons import (
+    AFTER_NODES,
+    BEFORE_NODES,
+    CNI_POLICY_ARN,
+    EBS_CSI_SERVICE_ACCOUNT,
+    VPC_CNI_CONFIGURATION,
+    VPC_CNI_SERVICE_ACCOUNT,
+    addon,
+    ebs_csi_policy,
+)
+from components.config import EnvironmentConfig, NodePool, Secrets
 from components.irsa import OidcProvider, irsa_role
-
-ADDONS = ("vpc-cni", "coredns", "kube-proxy", "eks-pod-identity-agent", "aws-ebs-csi-driver")
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 TRAINING_TAINT_KEY = "mlops-platform/training"
 POOL_LABEL = "mlops-platform/pool"
 AUTOSCALER_NAMESPACE = "kube-system"
 AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
-AUTOSCALER_CHART_VERSION = "9.43.2"
 EKS_MANAGED = "arn:aws:iam::aws:policy"
+NETWORK_POLICY_ENGINE = "vpc-cni"  # components/addons.py: VPC_CNI_CONFIGURATION
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,9 @@ class Cluster(pulumi.ComponentResource):
     private_subnet_ids: pulumi.Output[list[str]] | None
     security_group_id: pulumi.Output[str] | None
     training_pools: pulumi.Output[list[dict[str, Any]]]
+    autoscaler_role_arn: pulumi.Output[str] | None  # create mode: for components/cluster_services.py
+    # What enforces the NetworkPolicies the environment renders (exported for stacks that attach).
+    network_policy_enforcement: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:cluster:Cluster", name, None, opts)
@@ -102,6 +116,7 @@ class Cluster(pulumi.ComponentResource):
         self.vpc_id = None
         self.private_subnet_ids = None
         self.security_group_id = None
+        self.autoscaler_role_arn = None
         if env.cluster.mode == "create":
             self._create(name, args)
         elif env.cluster.mode == "existing":
@@ -111,6 +126,7 @@ class Cluster(pulumi.ComponentResource):
             self.kubeconfig = args.secrets.kubeconfig
             self.name = pulumi.Output.from_input(env.cluster.context or "current-context")
             self.training_pools = pulumi.Output.from_input([])
+            self.network_policy_enforcement = pulumi.Output.from_input("the cluster's CNI (kubeconfig mode)")
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
@@ -118,8 +134,6 @@ class Cluster(pulumi.ComponentResource):
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        if env.cluster.mode == "create":
-            self._autoscaler(name, env, f"mlops-{env.name}")
         self.register_outputs({"name": self.name})
 
     # --- existing -------------------------------------------------------------------------
@@ -136,6 +150,9 @@ class Cluster(pulumi.ComponentResource):
         self.private_subnet_ids = ref.require_output("private_subnet_ids")
         self.security_group_id = ref.require_output("cluster_security_group_id")
         self.training_pools = ref.get_output("training_pools")
+        # The owner stack's cluster enforces (or not) this environment's NetworkPolicies.
+        self.network_policy_enforcement = ref.get_output("network_policy_enforcement").apply(
+            lambda v: _owner_enforces(env.cluster.stack_reference or "", v))
 
     # --- create ---------------------------------------------------------------------------
 
@@ -144,13 +161,15 @@ class Cluster(pulumi.ComponentResource):
         if args.vpc_id is None or not args.private_subnet_ids:
             raise ValueError("cluster.mode 'create' needs the network's VPC and private subnets")
         child = pulumi.ResourceOptions(parent=self)
+        # What holds or decrypts prod data (Secrets, audit logs) is protected and retained like the data.
+        keep = pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete)
         cluster_name = f"mlops-{env.name}"
 
         secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"EKS {cluster_name}: envelope encryption of Secrets",
                                   enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
-                                  opts=child)
+                                  opts=keep)
         log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=f"/aws/eks/{cluster_name}/cluster",
-                                            retention_in_days=365 if env.kind == Kind.prod else 30, opts=child)
+                                            retention_in_days=env.log_retention_days, opts=keep)
         role = aws.iam.Role(
             f"{name}-control-plane",
             assume_role_policy=_service_trust("eks.amazonaws.com"),
@@ -163,7 +182,10 @@ class Cluster(pulumi.ComponentResource):
             name=cluster_name,
             version=env.cluster.version,
             role_arn=role.arn,
-            access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
+            # No implicit, unmanaged admin for whoever ran the first `up`: components/access.py lists every principal.
+            access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": False},
+            # STANDARD: never drift into paid extended support; the config refuses versions past standard support.
+            upgrade_policy={"support_type": "STANDARD"},
             encryption_config={"resources": ["secrets"], "provider": {"key_arn": secrets_key.arn}},
             enabled_cluster_log_types=CONTROL_PLANE_LOGS,
             vpc_config={
@@ -173,52 +195,30 @@ class Cluster(pulumi.ComponentResource):
                 "public_access_cidrs": env.cluster.public_access_cidrs if public else None,
             },
             deletion_protection=env.deletion_protection,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=env.protect),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=env.protect,
+                                        retain_on_delete=env.retain_on_delete),
         )
         issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])
         oidc_provider = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=child)
         self.oidc = OidcProvider(arn=oidc_provider.arn, url=issuer.apply(lambda u: u.removeprefix("https://")))
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+        access_entries(self, f"{name}-access", cluster.name, env.deploy, account, depends_on=[cluster])
 
-        node_role = aws.iam.Role(
-            f"{name}-nodes",
-            assume_role_policy=_service_trust("ec2.amazonaws.com"),
-            managed_policy_arns=[f"{EKS_MANAGED}/AmazonEKSWorkerNodePolicy",
-                                 f"{EKS_MANAGED}/AmazonEC2ContainerRegistryReadOnly",
-                                 f"{EKS_MANAGED}/AmazonEKS_CNI_Policy"],
-            opts=child,
-        )
-        system = env.cluster.system_pool
-        system_group = self._node_group(
-            f"{name}-system", cluster, node_role, args.private_subnet_ids, cluster_name,
-            instance_types=system.instance_types, min_size=system.min_size, max_size=system.max_size,
-            desired=system.min_size, spot=False, gpu=False, disk_gb=50,
-            labels={POOL_LABEL: "system", "mlops-platform/node-role": "system"}, taints=[],
-        )
-        for pool in env.cluster.training_pools:
-            self._node_group(
-                f"{name}-{pool.name}", cluster, node_role, args.private_subnet_ids, cluster_name,
-                instance_types=pool.instance_types, min_size=pool.min_size, max_size=pool.max_size,
-                desired=pool.min_size, spot=pool.spot, gpu=pool.gpu, disk_gb=pool.disk_size_gb,
-                labels=training_labels(pool), taints=[training_taint(pool)],
-            )
-
-        ebs_role = irsa_role(
-            f"{name}-ebs-csi", env, self.oidc, "kube-system", "ebs-csi-controller-sa",
-            policy=_ebs_csi_policy(), parent=self)
-        for addon in ADDONS:
-            version = aws.eks.get_addon_version_output(addon_name=addon, kubernetes_version=env.cluster.version,
-                                                       most_recent=True)
-            aws.eks.Addon(
-                f"{name}-{addon}",
-                cluster_name=cluster.name,
-                addon_name=addon,
-                addon_version=version.version,
-                resolve_conflicts_on_update="OVERWRITE",
-                service_account_role_arn=ebs_role.arn if addon == "aws-ebs-csi-driver" and ebs_role else None,
-                # coredns and the CSI controller need nodes to become healthy.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[system_group]),
-            )
+        # The CNI's AWS permissions through IRSA, not the node role (every pod on a node could use those).
+        cni_role = irsa_role(f"{name}-vpc-cni", env, self.oidc, *VPC_CNI_SERVICE_ACCOUNT, policy=None,
+                             parent=self, managed_policy_arns=[CNI_POLICY_ARN])
+        networking = [addon(self, name, cluster.name, a, env.cluster.version,
+                            role_arn=cni_role.arn if a == "vpc-cni" and cni_role else None,
+                            configuration=VPC_CNI_CONFIGURATION if a == "vpc-cni" else None)
+                      for a in BEFORE_NODES]
+        groups = self._node_groups(name, args, cluster, cluster_name, networking)
+        ebs_role = irsa_role(f"{name}-ebs-csi", env, self.oidc, *EBS_CSI_SERVICE_ACCOUNT,
+                             policy=ebs_csi_policy(), parent=self)
+        for a in AFTER_NODES:
+            addon(self, name, cluster.name, a, env.cluster.version,
+                  role_arn=ebs_role.arn if a == "aws-ebs-csi-driver" and ebs_role else None, depends_on=groups)
+        self._autoscaler_role(name, env, cluster_name, account)
 
         self.name = cluster.name
         self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
@@ -231,12 +231,39 @@ class Cluster(pulumi.ComponentResource):
             [{"name": p.name, "gpu": p.gpu, "spot": p.spot, "labels": training_labels(p),
               "taint": {"key": TRAINING_TAINT_KEY, "value": p.name, "effect": "NoSchedule"}}
              for p in env.cluster.training_pools])
-        self._system_group = system_group
+        self.network_policy_enforcement = pulumi.Output.from_input(NETWORK_POLICY_ENGINE)
+
+    def _node_groups(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster, cluster_name: str,
+                     networking: list[aws.eks.Addon]) -> list[aws.eks.NodeGroup]:
+        """The system pool and every training pool; nodes join once the CNI add-ons exist."""
+        env = args.env
+        node_role = aws.iam.Role(
+            f"{name}-nodes",
+            assume_role_policy=_service_trust("ec2.amazonaws.com"),
+            managed_policy_arns=[f"{EKS_MANAGED}/AmazonEKSWorkerNodePolicy",
+                                 f"{EKS_MANAGED}/AmazonEC2ContainerRegistryReadOnly"],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        system = env.cluster.system_pool
+        groups = [self._node_group(
+            f"{name}-system", cluster, node_role, args.private_subnet_ids or [], cluster_name, networking,
+            instance_types=system.instance_types, min_size=system.min_size, max_size=system.max_size,
+            desired=system.min_size, spot=False, gpu=False, disk_gb=50,
+            labels={POOL_LABEL: "system", "mlops-platform/node-role": "system"}, taints=[],
+        )]
+        for pool in env.cluster.training_pools:
+            groups.append(self._node_group(
+                f"{name}-{pool.name}", cluster, node_role, args.private_subnet_ids or [], cluster_name, networking,
+                instance_types=pool.instance_types, min_size=pool.min_size, max_size=pool.max_size,
+                desired=pool.min_size, spot=pool.spot, gpu=pool.gpu, disk_gb=pool.disk_size_gb,
+                labels=training_labels(pool), taints=[training_taint(pool)],
+            ))
+        return groups
 
     def _node_group(self, name: str, cluster: aws.eks.Cluster, node_role: aws.iam.Role,
-                    subnet_ids: list[pulumi.Input[str]], cluster_name: str, *, instance_types: list[str],
-                    min_size: int, max_size: int, desired: int, spot: bool, gpu: bool, disk_gb: int,
-                    labels: dict[str, str], taints: list[dict[str, str]]) -> aws.eks.NodeGroup:
+                    subnet_ids: list[pulumi.Input[str]], cluster_name: str, networking: list[aws.eks.Addon], *,
+                    instance_types: list[str], min_size: int, max_size: int, desired: int, spot: bool, gpu: bool,
+                    disk_gb: int, labels: dict[str, str], taints: list[dict[str, str]]) -> aws.eks.NodeGroup:
         child = pulumi.ResourceOptions(parent=self)
         template = aws.ec2.LaunchTemplate(
             name,
@@ -262,44 +289,33 @@ class Cluster(pulumi.ComponentResource):
             taints=taints,
             tags=autoscaler_tags(cluster_name, labels, taints, gpu),
             # The autoscaler owns desired size after creation.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["scalingConfig.desiredSize"]),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["scalingConfig.desiredSize"],
+                                        depends_on=networking),
         )
 
-    def _autoscaler(self, name: str, env: EnvironmentConfig, cluster_name: str) -> None:
-        """cluster-autoscaler (Helm) in kube-system, with an IRSA role limited to this cluster's groups."""
-        caller = aws.get_caller_identity_output()
-        policy = caller.account_id.apply(lambda account: json.dumps(autoscaler_policy(env.region, account, cluster_name)))
+    def _autoscaler_role(self, name: str, env: EnvironmentConfig, cluster_name: str,
+                         account: pulumi.Output[str]) -> None:
+        """The cluster-autoscaler's IRSA role, limited to this cluster's groups (its Helm release: cluster_services)."""
+        policy = account.apply(lambda a: json.dumps(autoscaler_policy(env.region, a, cluster_name)))
         role = irsa_role(f"{name}-autoscaler", env, self.oidc, AUTOSCALER_NAMESPACE, AUTOSCALER_SERVICE_ACCOUNT,
                          policy=policy, parent=self)
         if role is None:
             # Only reached in cluster mode "create", which builds the OIDC provider on AWS.
             raise ValueError(f"{name}: the cluster-autoscaler needs an IRSA role (cluster mode 'create' on AWS)")
-        k8s.helm.v3.Release(
-            f"{name}-autoscaler",
-            name="cluster-autoscaler",
-            chart="cluster-autoscaler",
-            version=AUTOSCALER_CHART_VERSION,
-            namespace=AUTOSCALER_NAMESPACE,
-            repository_opts={"repo": "https://kubernetes.github.io/autoscaler"},
-            values={
-                "cloudProvider": "aws",
-                "awsRegion": env.region,
-                "autoDiscovery": {"clusterName": cluster_name},
-                "image": {"tag": env.cluster.autoscaler_version},
-                "rbac": {"serviceAccount": {"name": AUTOSCALER_SERVICE_ACCOUNT,
-                                            "annotations": {"eks.amazonaws.com/role-arn": role.arn}}},
-                "extraArgs": {"balance-similar-node-groups": True, "skip-nodes-with-system-pods": False,
-                              "expander": "least-waste"},
-                "nodeSelector": {POOL_LABEL: "system"},
-                "resources": {"requests": {"cpu": "100m", "memory": "300Mi"},
-                              "limits": {"cpu": "500m", "memory": "600Mi"}},
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "fsGroup": 65534,
-                                    "seccompProfile": {"type": "RuntimeDefault"}},
-                "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                             "capabilities": {"drop": ["ALL"]}},
-            },
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self._system_group]),
-        )
+        self.autoscaler_role_arn = role.arn
+
+
+def _owner_enforces(stack_reference: str, value: Any) -> str:
+    """An attached environment's NetworkPolicies are only as good as the owner cluster's enforcement."""
+    if value is None:
+        # An owner stack deployed before this output existed: say so, the next owner deploy exports it.
+        pulumi.log.warn(f"cluster.stackReference {stack_reference!r} does not export network_policy_enforcement; "
+                        "redeploy it so this environment's NetworkPolicies are known to be enforced")
+        return "unverified"
+    if value != NETWORK_POLICY_ENGINE:
+        raise ValueError(f"cluster.stackReference {stack_reference!r} exports network_policy_enforcement "
+                         f"{value!r}, not {NETWORK_POLICY_ENGINE!r}: deploy the owner stack first (README \"Deploy\")")
+    return str(value)
 
 
 def autoscaler_policy(region: str, account: str, cluster_name: str) -> dict[str, Any]:
@@ -317,27 +333,6 @@ def autoscaler_policy(region: str, account: str, cluster_name: str) -> dict[str,
          "Resource": f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/eks-*",
          "Condition": {"StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"}}},
     ]}
-
-
-def _ebs_csi_policy() -> str:
-    """The EBS CSI controller: volumes and snapshots it creates, tagged by the driver."""
-    return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Describe", "Effect": "Allow", "Resource": "*", "Action": [
-            "ec2:DescribeAvailabilityZones", "ec2:DescribeInstances", "ec2:DescribeSnapshots",
-            "ec2:DescribeTags", "ec2:DescribeVolumes", "ec2:DescribeVolumesModifications"]},
-        {"Sid": "CreateTagged", "Effect": "Allow", "Action": ["ec2:CreateVolume", "ec2:CreateSnapshot"],
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*"],
-         "Condition": {"StringLike": {"aws:RequestTag/ebs.csi.aws.com/cluster": "true"}}},
-        {"Sid": "TagOnCreate", "Effect": "Allow", "Action": "ec2:CreateTags",
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*"],
-         "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateVolume", "CreateSnapshot"]}}},
-        {"Sid": "AttachVolumes", "Effect": "Allow",
-         "Action": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyVolume"],
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:instance/*"]},
-        {"Sid": "DeleteOwnVolumes", "Effect": "Allow", "Action": ["ec2:DeleteVolume", "ec2:DeleteSnapshot"],
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*:*:snapshot/*"],
-         "Condition": {"StringLike": {"aws:ResourceTag/ebs.csi.aws.com/cluster": "true"}}},
-    ]})
 
 
 def _service_trust(service: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from components import config_values as cv
+from components import eks_versions
 from components.config_errors import format_validation_error
 
 PROJECT = "mlops-platform"
@@ -29,11 +31,15 @@ PROJECT = "mlops-platform"
 # Names, quantities, schedules and images are checked types (`cv.*`, components/config_values.py).
 IMAGE_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+IAM_ROLE_NAME = r"^[A-Za-z0-9+=,.@_-]{1,64}$"
 SNS_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 
 # Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
 SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig")
 
+
+# Kinds with prod's shape: AZs, NAT per AZ, flow logs, multi-AZ RDS, backups, access logs, deletion protection.
+PROD_SHAPED = ("prod", "staging")
 
 # budget.monthlyUsd defaults: each kind's estimated maximum (`mlops plan STACK --cost`) plus room for
 # usage the estimate cannot price; local (cloud: none) gets no budget.
@@ -149,7 +155,7 @@ class ClusterConfig(_Section):
     """`create` an EKS cluster, attach to an `existing` one, or use a `kubeconfig` context."""
 
     mode: Literal["create", "existing", "kubeconfig"] = "create"
-    version: cv.KubernetesVersion = "1.31"
+    version: cv.KubernetesVersion = eks_versions.DEFAULT_VERSION
     public_access_cidrs: list[str] = []
     system_pool: SystemPool = SystemPool()
     training_pools: list[NodePool] = []
@@ -157,7 +163,20 @@ class ClusterConfig(_Section):
     stack_reference: str | None = Field(default=None, pattern=r"^([A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
     # kubeconfig: the context to use from the `kubeconfig` secret (or ~/.kube/config).
     context: str | None = Field(default=None, min_length=1)
-    autoscaler_version: str = "v1.31.0"
+    autoscaler_version: str | None = Field(default=None, pattern=r"^v1\.[0-9]+\.[0-9]+$")  # None: from the EKS table
+
+    @field_validator("version")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        """A version past its end of EKS standard support is refused (dates: components/eks_versions.py)."""
+        problem = eks_versions.support_problem(value, date.today())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def autoscaler_tag(self) -> str:
+        return self.autoscaler_version or eks_versions.autoscaler_release(self.version)[0]
 
     @field_validator("public_access_cidrs")
     @classmethod
@@ -179,12 +198,18 @@ class ClusterConfig(_Section):
         cv.only_in_mode(self, "create", ("public_access_cidrs", "system_pool", "training_pools", "autoscaler_version"))
         cv.only_in_mode(self, "existing", ("stack_reference",))
         cv.only_in_mode(self, "kubeconfig", ("context",))
+        if self.autoscaler_version and self.autoscaler_version.split(".")[1] != self.version.split(".")[1]:
+            raise ValueError(f"autoscalerVersion: {self.autoscaler_version!r} must have the cluster's minor "
+                             f"({self.version}): the cluster-autoscaler supports only its own Kubernetes minor")
         return self
 
 
 class StorageConfig(_Section):
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     abort_multipart_days: int = Field(default=7, ge=1, le=365)
+    capture_retention_days: int = Field(default=90, ge=1, le=3650)  # inference capture expires after N days
+    access_logs: bool | None = None  # S3 server access logs to a log bucket; None: prod and staging
+    access_log_days: int = Field(default=365, ge=1, le=3650)
     # cloud: none -> in-cluster MinIO
     minio_volume_size: cv.VolumeSize = "20Gi"
     minio_image: cv.ImageReference = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
@@ -197,6 +222,8 @@ class DatabaseConfig(_Section):
     engine_version: cv.PostgresVersion = "16"
     backup_retention_days: int | None = Field(default=None, ge=0, le=35)
     multi_az: bool | None = None
+    # RDS enhanced monitoring (OS metrics every N seconds); None: 60 in prod and staging, 0 (off) otherwise.
+    monitoring_interval_seconds: Literal[0, 1, 5, 10, 15, 30, 60] | None = None
     # in-cluster Postgres (ci, local, cloud: none)
     volume_size: cv.VolumeSize = "10Gi"
     image: cv.ImageReference = "postgres:16.4-alpine"
@@ -278,6 +305,8 @@ class MonitoringConfig(_Section):
 class WorkloadsConfig(_Section):
     image: cv.ImageRepository = "ghcr.io/mlops-platform/workloads"
     image_tag: cv.VersionText = Field(default="0.1.0", pattern=IMAGE_TAG)
+    # The deploy workflow pins the image it built by digest; it wins over imageTag when set.
+    image_digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
     training: list[TrainingJob] = []
     monitoring: MonitoringConfig = MonitoringConfig()
 
@@ -296,6 +325,24 @@ class WorkloadsConfig(_Section):
         if retrain is not None and retrain not in names:
             raise ValueError(f"monitoring.retrainJob: {retrain!r} is not a training job; known: {names}")
         return self
+
+
+class DeployConfig(_Section):
+    """How the environment is deployed with a private API endpoint (README "Deploy"; components/access.py)."""
+
+    bootstrap: bool = False  # first pass on a new account: only the AWS layer (nothing reaches the API yet)
+    role_name: str = Field(default="mlops-deploy", pattern=IAM_ROLE_NAME)  # the deploy workflow's role
+    ci_role_name: str | None = Field(default=None, pattern=IAM_ROLE_NAME)  # may create mlops-ci-* namespaces
+    admin_role_names: list[Annotated[str, Field(pattern=IAM_ROLE_NAME)]] = []  # break-glass cluster admins
+    runner_instance_type: cv.InstanceType = "m6i.large"  # the in-VPC runner that applies the Kubernetes layer
+
+
+class RegistryConfig(_Section):
+    """The account's ECR repository for the workload image (components/registry.py)."""
+
+    create: bool | None = None  # None: the stack that owns the account's registry (dev, prod)
+    repository: str = Field(default="mlops/workloads", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    untagged_days: int = Field(default=14, ge=1, le=365)
 
 
 class ProtectionConfig(_Section):
@@ -331,6 +378,8 @@ class EnvironmentConfig(_Section):
     workloads: WorkloadsConfig = WorkloadsConfig()
     protection: ProtectionConfig = ProtectionConfig()
     budget: BudgetConfig = BudgetConfig()
+    deploy: DeployConfig = DeployConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
     def _kind_rules(self) -> EnvironmentConfig:
@@ -349,6 +398,9 @@ class EnvironmentConfig(_Section):
             if job.gpus and job.pool in pools and not pools[job.pool].gpu:
                 raise ValueError(f"workloads.training[{i}].gpus: {job.gpus} but pool {job.pool!r} has no GPUs; "
                                  "use a pool with gpu: true or gpus: 0")
+        if self.deploy.bootstrap and (self.cloud != Cloud.aws or self.cluster.mode != "create"):
+            raise ValueError("deploy.bootstrap: true applies only to a stack that creates its EKS cluster "
+                             f"(cloud aws, cluster.mode create), not cluster.mode {self.cluster.mode!r}")
         return self
 
     @model_validator(mode="after")
@@ -376,25 +428,61 @@ class EnvironmentConfig(_Section):
     def force_destroy(self) -> bool:
         return _pick(self.protection.force_destroy, self.kind == Kind.ci)
 
+    # Staging is shaped like prod (README "Staging and prod": where they differ, and why).
+    @property
+    def prod_shaped(self) -> bool:
+        return self.kind in PROD_SHAPED
+
     @property
     def deletion_protection(self) -> bool:
-        return _pick(self.protection.deletion_protection, self.kind == Kind.prod)
+        return _pick(self.protection.deletion_protection, self.prod_shaped)
 
     @property
     def az_count(self) -> int:
-        return _pick(self.network.az_count, 3 if self.kind == Kind.prod else 2)
+        return _pick(self.network.az_count, 3 if self.prod_shaped else 2)
+
+    @property
+    def nat_per_az(self) -> bool:
+        """One NAT gateway per AZ, so an AZ outage doesn't cut the others off; one in all otherwise."""
+        return self.prod_shaped
 
     @property
     def flow_logs(self) -> bool:
-        return _pick(self.network.flow_logs, self.kind == Kind.prod)
+        return _pick(self.network.flow_logs, self.prod_shaped)
 
     @property
     def multi_az_database(self) -> bool:
-        return _pick(self.tracking.database.multi_az, self.kind == Kind.prod)
+        return _pick(self.tracking.database.multi_az, self.prod_shaped)
 
     @property
     def backup_retention_days(self) -> int:
-        return _pick(self.tracking.database.backup_retention_days, 14 if self.kind == Kind.prod else 1)
+        return _pick(self.tracking.database.backup_retention_days, 14 if self.prod_shaped else 1)
+
+    @property
+    def database_monitoring_interval(self) -> int:
+        return _pick(self.tracking.database.monitoring_interval_seconds, 60 if self.prod_shaped else 0)
+
+    @property
+    def access_logs(self) -> bool:
+        return self.cloud == Cloud.aws and _pick(self.storage.access_logs, self.prod_shaped)
+
+    @property
+    def log_retention_days(self) -> int:
+        """CloudWatch log groups (control plane, flow logs)."""
+        return 365 if self.prod_shaped else 30
+
+    @property
+    def creates_registry(self) -> bool:
+        """dev's stack owns the registry of the dev/staging account, prod's that of the prod account."""
+        return self.cloud == Cloud.aws and _pick(self.registry.create, self.kind in (Kind.dev, Kind.prod))
+
+    @property
+    def workload_image(self) -> str:
+        """The workload image, pinned by digest when the deploy workflow set one."""
+        if self.workloads.image_digest:
+            return f"{self.workloads.image}@{self.workloads.image_digest}"
+        return f"{self.workloads.image}:{self.workloads.image_tag}"
+
 
     @property
     def budget_monthly_usd(self) -> float:

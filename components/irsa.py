@@ -72,10 +72,12 @@ def irsa_role(
     oidc: OidcProvider | None,
     namespace: str,
     service_account: str,
-    policy: pulumi.Input[str],
+    policy: pulumi.Input[str] | None,
     parent: pulumi.Resource,
+    managed_policy_arns: Sequence[str] = (),
 ) -> aws.iam.Role | None:
-    """A role only `<namespace>/<service_account>` can assume, with one inline policy (a JSON document)."""
+    """A role only `<namespace>/<service_account>` can assume, with one inline policy (a JSON document)
+    and/or AWS-managed policies (for add-ons whose permissions AWS maintains, such as the VPC CNI's)."""
     if env.cloud != Cloud.aws or oidc is None:
         return None
     child = pulumi.ResourceOptions(parent=parent)
@@ -87,7 +89,10 @@ def irsa_role(
         max_session_duration=3600,
         opts=child,
     )
-    aws.iam.RolePolicy(name, role=role.id, policy=policy, opts=child)
+    if policy is not None:
+        aws.iam.RolePolicy(name, role=role.id, policy=policy, opts=child)
+    for arn in managed_policy_arns:
+        aws.iam.RolePolicyAttachment(f"{name}-{arn.rsplit('/', 1)[1]}", role=role.name, policy_arn=arn, opts=child)
     return role
 
 

@@ -18,7 +18,8 @@ from components.render import RenderedResource, RenderResult
 
 # Kinds without a namespace.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
-                  "CustomResourceDefinition", "PriorityClass", "IngressClass"}
+                  "CustomResourceDefinition", "PriorityClass", "IngressClass", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding"}
 NOT_OBJECTS = {"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart", "kubernetes:yaml/v2:ConfigGroup",
                "kubernetes:yaml/v2:ConfigFile"}
 

@@ -1,4 +1,9 @@
-"""The environment's namespace, with a quota and default limits for every container."""
+"""The environment's namespace, with a quota and default limits for every container.
+
+On a cluster another stack owns (cluster.mode existing, the ci environments), the namespace also
+binds the CI role's group (components/access.py) as its admin before anything else goes in: that
+group may only create `mlops-ci-*` namespaces and bind itself there (components/cluster_services.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import EnvironmentConfig, Kind
+from components.access import CI_GROUP
+from components.cluster_services import CI_NAMESPACE_ADMIN
 
 
 @dataclass(frozen=True)
 class NamespaceArgs:
-    env: EnvironmentConfig
+    namespace: str  # mlops-<env>
+    environment: str
+    small: bool  # ci and local: a small quota
+    retain_on_delete: bool
+    bind_ci_deployers: bool  # cluster.mode existing
 
 
 class EnvironmentNamespace(pulumi.ComponentResource):
@@ -20,23 +30,32 @@ class EnvironmentNamespace(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NamespaceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:namespace:EnvironmentNamespace", name, None, opts)
-        env = args.env
         child = pulumi.ResourceOptions(parent=self)
         namespace = k8s.core.v1.Namespace(
             name,
             metadata={
-                "name": env.namespace,
+                "name": args.namespace,
                 "labels": {
                     "app.kubernetes.io/part-of": "mlops-platform",
-                    "mlops-platform/environment": env.name,
+                    "mlops-platform/environment": args.environment,
                     # Enforce the restricted Pod Security Standard on everything in the namespace.
                     "pod-security.kubernetes.io/enforce": "restricted",
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=env.retain_on_delete),
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.retain_on_delete),
         )
         self.name = namespace.metadata["name"]
-        small = env.kind in (Kind.ci, Kind.local)
+        if args.bind_ci_deployers:
+            binding = k8s.rbac.v1.RoleBinding(
+                f"{name}-ci-deployers",
+                metadata={"name": "ci-deployers", "namespace": self.name},
+                subjects=[{"kind": "Group", "name": CI_GROUP, "apiGroup": "rbac.authorization.k8s.io"}],
+                role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CI_NAMESPACE_ADMIN},
+                opts=child,
+            )
+            # Everything that goes in the namespace waits for the binding that lets the CI role put it there.
+            self.name = pulumi.Output.all(self.name, binding.metadata["name"]).apply(lambda v: str(v[0]))
+        small = args.small
         k8s.core.v1.ResourceQuota(
             f"{name}-quota",
             metadata={"name": "environment-quota", "namespace": self.name},

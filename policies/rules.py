@@ -181,10 +181,18 @@ def required_tags(args: Any, report: Report) -> None:
     if args.provider is not None:
         # Provider inputs arrive JSON-encoded on the wire.
         provider_tags = _document((args.provider.props or {}).get("defaultTags")).get("tags") or {}
-    tags = {**provider_tags, **(args.props.get("tags") or {})}
+    tags = {**provider_tags, **_tag_map(args.props.get("tags"))}
     missing = [t for t in REQUIRED_TAGS if not tags.get(t)]
     if missing:
         report(f"{args.name}: missing required tags {missing} (set them in the provider's defaultTags)")
+
+
+def _tag_map(tags: Any) -> dict[str, Any]:
+    """Tags as a map; Auto Scaling groups list them as `{key, value, propagateAtLaunch}`
+    (and provider default tags do not reach them, so they must carry their own)."""
+    if isinstance(tags, list):
+        return {t.get("key"): t.get("value") for t in tags if isinstance(t, dict)}
+    return dict(tags or {})
 
 
 def iam_no_write_on_star(args: Any, report: Report) -> None:

@@ -7,8 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from components.cluster import ADDONS, TRAINING_TAINT_KEY
-from components.render import DEFAULT_STACK_REFERENCE_OUTPUTS, RenderResult
+from components.addons import ADDONS
+from components.cluster import TRAINING_TAINT_KEY
+from components.render import DEFAULT_STACK_REFERENCE_OUTPUTS, RenderResult, render_stack
+from components.stack_file import load_stack_config, stack_file
+from tests.infra.conftest import ADMIN_PASSWORD
 from workloads.cli import app
 
 CREATE = ["dev", "staging", "prod"]
@@ -18,6 +21,19 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 
 def eks(result: RenderResult):
     return result.one(EKS)
+
+
+def release_of(result: RenderResult, chart: str):
+    (release,) = [r for r in result.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == chart]
+    return release
+
+
+def render_with(stack: str, **sections) -> RenderResult:
+    """A stack file with some `mlops-platform:` sections replaced."""
+    config = load_stack_config(stack_file(stack))
+    for key, value in sections.items():
+        config[f"mlops-platform:{key}"] = {**config.get(f"mlops-platform:{key}", {}), **value}
+    return render_stack(stack, config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
 
 
 def training_groups(result: RenderResult):
@@ -46,15 +62,18 @@ def test_eks_control_plane_logging(rendered: dict[str, RenderResult], stack: str
 
 
 @pytest.mark.parametrize("stack", CREATE)
-def test_eks_private_endpoint_public_only_with_listed_cidrs(rendered: dict[str, RenderResult], stack: str) -> None:
+def test_eks_private_endpoint_everywhere(rendered: dict[str, RenderResult], stack: str) -> None:
+    # The Kubernetes layer is applied from the in-VPC runner (README "Deploy"): no stack opens the API.
     vpc = eks(rendered[stack]).inputs["vpcConfig"]
     assert vpc["endpointPrivateAccess"] is True
-    if stack == "dev":  # dev lists 203.0.113.0/24
-        assert vpc["endpointPublicAccess"] is True
-        assert vpc["publicAccessCidrs"] == ["203.0.113.0/24"]
-    else:
-        assert vpc["endpointPublicAccess"] is False
-        assert not vpc.get("publicAccessCidrs")
+    assert vpc["endpointPublicAccess"] is False
+    assert not vpc.get("publicAccessCidrs")
+
+
+def test_public_endpoint_only_for_listed_cidrs() -> None:
+    result = render_with("dev", cluster={"publicAccessCidrs": ["198.51.100.0/24"]})
+    vpc = eks(result).inputs["vpcConfig"]
+    assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["198.51.100.0/24"]
 
 
 def test_prod_has_no_public_endpoint(rendered: dict[str, RenderResult]) -> None:
@@ -143,8 +162,8 @@ def test_nodes_require_imdsv2_with_hop_limit_one(rendered: dict[str, RenderResul
 @pytest.mark.parametrize("stack", CREATE)
 def test_cluster_autoscaler_installed_with_its_irsa_role(rendered: dict[str, RenderResult], stack: str) -> None:
     result = rendered[stack]
-    release = result.one("kubernetes:helm.sh/v3:Release")
-    assert release.inputs["chart"] == "cluster-autoscaler" and release.inputs["version"]
+    release = release_of(result, "cluster-autoscaler")
+    assert release.inputs["version"] == "9.54.0" and release.inputs["values"]["image"]["tag"] == "v1.35.0"
     values = release.inputs["values"]
     assert values["autoDiscovery"]["clusterName"] == f"mlops-{stack}"
     annotations = values["rbac"]["serviceAccount"]["annotations"]

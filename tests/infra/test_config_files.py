@@ -52,7 +52,7 @@ FILES: list[tuple[str, str, list[str]]] = [
       "databasePassword <value>`"]),
     ("plain-text kubeconfig", LOCAL + "  mlops-platform:kubeconfig: |\n    apiVersion: v1\n",
      ["mlops-platform:kubeconfig: is stored in plain text"]),
-    ("unquoted version loses its zero", _edit(DEV, 'version: "1.31"', "version: 1.30"),
+    ("unquoted version loses its zero", _edit(DEV, 'version: "1.35"', "version: 1.30"),
      ["mlops-platform:cluster.version: 1.3 was read by YAML as the number 1.3; write it in quotes"]),
     (".inf as YAML writes it", _edit(DEV, "      retrainJob: churn\n", "      retrainJob: churn\n      psiThreshold: .inf\n"),
      ["mlops-platform:workloads.monitoring.psiThreshold: Infinity is not a finite number (allowed: more than 0 up to 10)"]),

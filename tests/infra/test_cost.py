@@ -141,14 +141,14 @@ def test_a_price_missing_from_the_table_is_an_error(rendered: dict[str, RenderRe
 
 
 def test_eks_control_plane_is_priced_by_support_status(rendered: dict[str, RenderResult]) -> None:
-    end = TABLE.eks["end_of_standard_support"]["1.31"]
+    end = TABLE.eks["end_of_standard_support"]["1.35"]
     before = estimate(rendered["dev"], dataclasses.replace(TABLE, as_of=date(end.year - 1, 1, 1)))
     after = estimate(rendered["dev"], dataclasses.replace(TABLE, as_of=date(end.year + 1, 1, 1)))
     assert line(before, "cluster-eks").monthly_min == round(TABLE.eks["standard_hourly"] * HOURS, 2)
     assert line(after, "cluster-eks").monthly_min == round(TABLE.eks["extended_hourly"] * HOURS, 2)
     assert "extended support" in line(after, "cluster-eks").basis
     calendar = dict(TABLE.eks, end_of_standard_support={})
-    with pytest.raises(PriceError, match="'1.31' is not in the EKS support calendar"):
+    with pytest.raises(PriceError, match="'1.35' is not in the EKS support calendar"):
         estimate(rendered["dev"], dataclasses.replace(TABLE, eks=calendar))
 
 

@@ -6,7 +6,7 @@ import kubernetes_validate
 import pytest
 
 from components.config import parse_environment
-from components.manifests import api_version_and_kind, to_manifests
+from components.manifests import CLUSTER_SCOPED, api_version_and_kind, to_manifests
 from components.render import RenderResult, load_stack_config, stack_file
 from tests.infra.conftest import ALL_STACKS
 
@@ -41,7 +41,7 @@ def test_every_kubernetes_resource_is_converted(rendered: dict[str, RenderResult
     assert len(manifests) == len(objects)
     for manifest in manifests:
         assert manifest["metadata"]["name"]
-        if manifest["kind"] != "Namespace":
+        if manifest["kind"] not in CLUSTER_SCOPED:
             assert manifest["metadata"]["namespace"] == f"mlops-{stack}"
         assert not any(k.startswith("__") for k in manifest)
 

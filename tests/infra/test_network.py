@@ -1,4 +1,4 @@
-"""Network: VPC, subnets per AZ, NAT per kind, EKS subnet tags, flow logs in prod."""
+"""Network: VPC, subnets per AZ, NAT per kind, EKS subnet tags, flow logs in prod and staging (prod-shaped)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def subnets(result: RenderResult, role: str) -> list:
     return [r for r in result.of_type("aws:ec2/subnet:Subnet") if r.name.startswith(f"network-{role}-")]
 
 
-@pytest.mark.parametrize(("stack", "azs"), [("dev", 2), ("staging", 2), ("prod", 3)])
+@pytest.mark.parametrize(("stack", "azs"), [("dev", 2), ("staging", 3), ("prod", 3)])
 def test_public_and_private_subnets_per_az(rendered: dict[str, RenderResult], stack: str, azs: int) -> None:
     result = rendered[stack]
     assert len(subnets(result, "public")) == azs
@@ -35,7 +35,7 @@ def test_vpc_cidr_from_config_and_subnets_inside_it(rendered: dict[str, RenderRe
     assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
 
 
-@pytest.mark.parametrize(("stack", "nats"), [("dev", 1), ("staging", 1), ("prod", 3)])
+@pytest.mark.parametrize(("stack", "nats"), [("dev", 1), ("staging", 3), ("prod", 3)])
 def test_nat_gateways_one_or_one_per_az_in_prod(rendered: dict[str, RenderResult], stack: str, nats: int) -> None:
     assert len(rendered[stack].of_type("aws:ec2/natGateway:NatGateway")) == nats
 
@@ -52,9 +52,9 @@ def test_subnet_tags_for_eks_load_balancers(rendered: dict[str, RenderResult], s
 
 
 @pytest.mark.parametrize("stack", CREATE_STACKS)
-def test_flow_logs_only_in_prod(rendered: dict[str, RenderResult], stack: str) -> None:
+def test_flow_logs_in_prod_and_staging(rendered: dict[str, RenderResult], stack: str) -> None:
     logs = rendered[stack].of_type("aws:ec2/flowLog:FlowLog")
-    if stack == "prod":
+    if stack in ("prod", "staging"):
         assert len(logs) == 1 and logs[0].inputs["trafficType"] == "ALL"
     else:
         assert logs == []

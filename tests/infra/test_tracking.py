@@ -160,14 +160,15 @@ def test_rds_encrypted_private_backed_up(rendered: dict[str, RenderResult], stac
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_prod_rds_multi_az_protected_with_final_snapshot(rendered: dict[str, RenderResult], stack: str) -> None:
+def test_prod_shaped_rds_multi_az_with_final_snapshot(rendered: dict[str, RenderResult], stack: str) -> None:
     result = rendered[stack]
     db = result.one(RDS)
-    prod = stack == "prod"
-    assert db.inputs["multiAz"] is prod
-    assert db.inputs["deletionProtection"] is prod
-    assert db.inputs["skipFinalSnapshot"] is (not prod)
-    assert bool(db.inputs.get("finalSnapshotIdentifier")) is prod
+    prod, shaped = stack == "prod", stack in ("prod", "staging")  # staging is prod-shaped, not protected
+    assert db.inputs["multiAz"] is shaped
+    assert db.inputs["deletionProtection"] is shaped
+    assert db.inputs["skipFinalSnapshot"] is (not shaped)
+    assert bool(db.inputs.get("finalSnapshotIdentifier")) is shaped
+    assert db.inputs["backupRetentionPeriod"] == (14 if shaped else 1)
     assert db.protect is prod and db.retain_on_delete is prod
 
 
