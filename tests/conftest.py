@@ -12,7 +12,7 @@ import pytest
 
 import workloads  # noqa: F401 - sets MLFLOW_DISABLE_TELEMETRY / DO_NOT_TRACK before mlflow is imported
 from workloads.devstack.stack import LocalStack
-from workloads.environment import StackOutputs
+from workloads.environment import Environment, StackOutputs
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -51,10 +51,14 @@ def _local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 
 @pytest.fixture(scope="session")
 def local_stack(_local_stack: LocalStack) -> StackOutputs:
-    """The session's local stack (moto S3 + mlflow server on 127.0.0.1), env already applied."""
-    outputs = StackOutputs.model_validate_json(_local_stack.outputs_file.read_text())
-    outputs.apply_env()
-    return outputs
+    """The session's local stack (moto S3 + mlflow server on 127.0.0.1): its outputs, nothing applied."""
+    return _local_stack.environment().outputs
+
+
+@pytest.fixture(scope="session")
+def local_env(_local_stack: LocalStack) -> Environment:
+    """The session's local stack as an `Environment` (its workdir is the stack's workdir)."""
+    return _local_stack.environment()
 
 
 @pytest.fixture(scope="session")

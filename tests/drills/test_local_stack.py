@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from workloads.devstack.stack import LocalConfig, LocalStack, ProcessRecord
+from workloads.devstack.processes import ProcessRecord
+from workloads.devstack.stack import LocalConfig, LocalStack
 
 pytestmark = pytest.mark.servers
 MLOPS = [sys.executable, "-m", "workloads.cli", "local"]

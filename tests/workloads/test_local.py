@@ -14,22 +14,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workloads.devstack.stack import BUCKETS, LocalStack, LocalStackError, ProcessRecord, _group_members, _proc_stat
-from workloads.environment import StackOutputs, resolve
+from workloads.devstack.processes import ProcessRecord, group_members, proc_stat
+from workloads.devstack.servers import BUCKETS
+from workloads.devstack.stack import LocalStack, LocalStackError
+from workloads.environment import Environment, StackOutputs, resolve
 
 pytestmark = pytest.mark.servers
 MLOPS = [sys.executable, "-m", "workloads.cli"]
 
 
 def _alive(pid: int) -> bool:
-    return _proc_stat(pid) is not None
+    return proc_stat(pid) is not None
 
 
 def _our_pids(workdir: Path) -> list[int]:
     """Every live process in the groups the workdir's pid files describe (leaders and children)."""
     pids = []
     for pid_file in (workdir / "pids").glob("*.pid"):
-        pids += _group_members(ProcessRecord.model_validate_json(pid_file.read_text()))
+        pids += group_members(ProcessRecord.model_validate_json(pid_file.read_text()))
     return pids
 
 
@@ -39,16 +41,6 @@ def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
     stack = LocalStack(tmp_path / "stack")
     yield stack
     stack.down(snapshot=False)
-
-
-@pytest.fixture
-def mlflow_uri() -> Iterator[None]:
-    """Lets a test point mlflow elsewhere and puts the session's URI back."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
 
 
 # --- the shared session stack ---------------------------------------------------------------
@@ -68,8 +60,8 @@ def test_up_is_healthy_and_writes_the_outputs_contract(local_stack: StackOutputs
     assert state["healthy"] and all(c["healthy"] for c in state["components"].values())
 
 
-def test_buckets_exist_with_versioning(local_stack: StackOutputs) -> None:
-    s3 = local_stack.s3_client()
+def test_buckets_exist_with_versioning(local_env: Environment) -> None:
+    s3 = local_env.s3
     names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert set(BUCKETS.values()) <= names
     for bucket in BUCKETS.values():
@@ -120,11 +112,11 @@ def test_down_of_a_workdir_that_never_existed_creates_nothing(tmp_path: Path) ->
 def test_stale_pid_file_of_a_foreign_process_is_never_killed(tmp_path: Path) -> None:
     foreign = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        stat = _proc_stat(foreign.pid)
+        stat = proc_stat(foreign.pid)
         assert stat is not None
         # Same pid, another start time: what a pid file looks like after the pid was reused.
         (tmp_path / "pids").mkdir()
-        record = ProcessRecord(pid=foreign.pid, start_time=stat["start_time"] - 1, cmdline=["moto"], port=1)
+        record = ProcessRecord(pid=foreign.pid, start_time=stat.start_time - 1, cmdline=["moto"], port=1)
         (tmp_path / "pids" / "s3.pid").write_text(record.model_dump_json())
         stack = LocalStack(tmp_path)
         assert not stack.status()["components"]["s3"]["running"]
@@ -164,65 +156,64 @@ def test_unreachable_postgres_fails_fast_without_starting_anything(own_stack: Lo
 # --- restarts: own stacks -------------------------------------------------------------------
 
 
-def _register_tiny_model(tracking_uri: str, name: str) -> list[float]:
+def _register_tiny_model(env: Environment, name: str) -> list[float]:
     import mlflow
     import numpy as np
-    from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
-    mlflow.set_tracking_uri(tracking_uri)
     X = np.array([[0.0], [1.0], [2.0], [3.0]])
     model = LogisticRegression().fit(X, [0, 0, 1, 1])
-    mlflow.set_experiment("local-stack-test")
-    with mlflow.start_run():
+    experiment_id = env.mlflow_client().create_experiment("local-stack-test")  # each test has a fresh store
+    with env.tracking(), mlflow.start_run(experiment_id=experiment_id):
         # Explicit requirements: inferring them runs a subprocess and costs seconds.
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name, input_example=X[:1],
                                         pip_requirements=["scikit-learn"])
-    MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    env.mlflow_client().set_registered_model_alias(name, "champion", info.registered_model_version)
     return model.predict_proba(X)[:, 1].tolist()
 
 
-def test_down_stops_only_ours_and_up_again_finds_the_registered_model(own_stack: LocalStack, mlflow_uri: None) -> None:
+def test_down_stops_only_ours_and_up_again_finds_the_registered_model(own_stack: LocalStack) -> None:
     import mlflow
 
     workdir = str(own_stack.workdir)
-    env = {**os.environ, "MLOPS_WORKDIR": workdir}
+    shell = {**os.environ, "MLOPS_WORKDIR": workdir}
     # Through the CLI, as a user would: the servers outlive the `mlops local up` process.
-    up = subprocess.run([*MLOPS, "local", "up"], env=env, capture_output=True, text=True, timeout=180)
+    up = subprocess.run([*MLOPS, "local", "up"], env=shell, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr
-    outputs = resolve(workdir=workdir)
-    expected = _register_tiny_model(outputs.tracking_uri, "local-restart")
-    outputs.s3_client().put_object(Bucket=outputs.data_bucket, Key="datasets/x/../odd key.txt", Body=b"kept")
+    env = Environment(resolve(workdir=workdir))
+    expected = _register_tiny_model(env, "local-restart")
+    env.s3.put_object(Bucket=env.outputs.data_bucket, Key="datasets/x/../odd key.txt", Body=b"kept")
     pids = _our_pids(own_stack.workdir)
     assert len(pids) >= 2
 
-    down = subprocess.run([*MLOPS, "local", "down"], env=env, capture_output=True, text=True, timeout=60)
+    down = subprocess.run([*MLOPS, "local", "down"], env=shell, capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids if _alive(pid)] == []
     assert not own_stack.outputs_file.exists()
     # Safe to repeat, and status agrees.
-    assert subprocess.run([*MLOPS, "local", "down"], env=env, capture_output=True, timeout=60).returncode == 0
-    status = subprocess.run([*MLOPS, "local", "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert subprocess.run([*MLOPS, "local", "down"], env=shell, capture_output=True, timeout=60).returncode == 0
+    status = subprocess.run([*MLOPS, "local", "status", "--json"], env=shell, capture_output=True, text=True,
+                            timeout=60)
     assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
 
-    again = own_stack.up()
+    again = Environment(own_stack.up())
     assert not own_stack.was_running
-    mlflow.set_tracking_uri(again.tracking_uri)
-    loaded = mlflow.sklearn.load_model("models:/local-restart@champion")
+    with again.tracking():
+        loaded = mlflow.sklearn.load_model("models:/local-restart@champion")
     assert loaded.predict_proba([[0.0], [1.0], [2.0], [3.0]])[:, 1].tolist() == expected
-    body = again.s3_client().get_object(Bucket=again.data_bucket, Key="datasets/x/../odd key.txt")["Body"].read()
+    body = again.s3.get_object(Bucket=again.outputs.data_bucket, Key="datasets/x/../odd key.txt")["Body"].read()
     assert body == b"kept"
 
 
-def test_postgres_backend(tmp_path: Path, pg_database: str, mlflow_uri: None) -> None:
+def test_postgres_backend(tmp_path: Path, pg_database: str) -> None:
     import psycopg2
-    from mlflow import MlflowClient
 
     stack = LocalStack(tmp_path, backend_store_uri=pg_database)
     try:
         outputs = stack.up()
-        _register_tiny_model(outputs.tracking_uri, "local-postgres")
-        version = MlflowClient().get_model_version_by_alias("local-postgres", "champion")
+        env = Environment(outputs)
+        _register_tiny_model(env, "local-postgres")
+        version = env.mlflow_client().get_model_version_by_alias("local-postgres", "champion")
         assert version.version == "1"
         # The registry really lives in the temporary Postgres database, not in a SQLite file.
         with psycopg2.connect(pg_database) as conn, conn.cursor() as cur:
@@ -237,6 +228,6 @@ def test_postgres_backend(tmp_path: Path, pg_database: str, mlflow_uri: None) ->
         assert not stack.status()["healthy"]
         again = LocalStack(tmp_path)
         assert again.up() == outputs and not again.was_running
-        assert MlflowClient().get_model_version_by_alias("local-postgres", "champion").version == "1"
+        assert env.mlflow_client().get_model_version_by_alias("local-postgres", "champion").version == "1"
     finally:
         stack.down(snapshot=False)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workloads.cli import app
-from workloads.environment import StackError, StackOutputs, from_env, resolve
+from workloads.environment import Environment, StackError, StackOutputs, from_env, resolve
 
 OUTPUTS = {
     "environment": "local",
@@ -120,14 +120,20 @@ def test_stack_pulumi_failure_is_reported(tmp_path: Path, monkeypatch: pytest.Mo
         resolve(stack="dev")
 
 
-def test_apply_env_gives_fake_keys_only_to_a_loopback_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    StackOutputs(**OUTPUTS).apply_env()
-    assert os.environ["MLFLOW_TRACKING_URI"] == OUTPUTS["tracking_uri"]
-    assert os.environ["MLFLOW_S3_ENDPOINT_URL"] == OUTPUTS["s3_endpoint"]
-    assert os.environ["AWS_ACCESS_KEY_ID"] == "mlops-local"
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    StackOutputs(**{**OUTPUTS, "s3_endpoint": "https://s3.eu-west-1.amazonaws.com"}).apply_env()
-    assert "AWS_ACCESS_KEY_ID" not in os.environ
+def test_environment_gives_fake_keys_only_to_a_loopback_endpoint(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # No credentials anywhere else (files, instance metadata): what the client gets is the Environment's doing.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    before = dict(os.environ)
+    local = Environment(StackOutputs(**OUTPUTS))
+    assert local.tracking_uri == OUTPUTS["tracking_uri"]
+    assert local.s3.meta.endpoint_url == OUTPUTS["s3_endpoint"]
+    assert local.s3._get_credentials().access_key == "mlops-local"
+    remote = Environment(StackOutputs(**{**OUTPUTS, "s3_endpoint": "https://s3.eu-west-1.amazonaws.com"}))
+    assert remote.s3._get_credentials() is None
+    assert dict(os.environ) == before  # wiring is explicit: nothing written to the process environment
 
 
 def test_local_status_of_a_stopped_stack(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class Endpoint:
     """`mlops serve` in a child process we own (its own session, stopped by pid)."""
 
     def __init__(self, workdir: Path, model: str) -> None:
-        from workloads.devstack.stack import free_port
+        from workloads.devstack.processes import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
