@@ -5,7 +5,10 @@ Leak detection runs against moto's Resource Groups Tagging API (in-process `mock
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +18,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from components.render import render_stack
-from workloads.cli import app
+from workloads.ci.backends import KubectlCluster
 from workloads.ci.environments import (
     CREATED_TAG,
     EXPIRES_TAG,
@@ -24,8 +27,10 @@ from workloads.ci.environments import (
     Environments,
     find_leaks,
     parse_duration,
+    smoke_payload,
     stack_config,
 )
+from workloads.cli import app
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -126,9 +131,6 @@ def test_smoke_trains_predicts_then_monitors() -> None:
 
 
 def test_smoke_seeds_the_training_data_first() -> None:
-    import boto3
-    from moto import mock_aws
-
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         backend = FakeBackend()
@@ -266,3 +268,53 @@ def test_commands_fail_fast_without_the_pulumi_cli(tmp_path, argv: list[str]) ->
 def test_bad_arguments_exit_2_before_touching_anything(argv: list[str], message: str) -> None:
     outcome = CliRunner().invoke(app, argv)
     assert outcome.exit_code == 2 and message in outcome.output
+
+
+# --- kubectl, through a stand-in ----------------------------------------------------------
+
+FAKE_KUBECTL = """#!{python}
+import http.server, json, socket, sys
+args = sys.argv[1:]
+open({calls!r}, "a").write(json.dumps(args) + "\\n")
+if {fail!r}:
+    print('error: services "serve-churn" not found', file=sys.stderr)
+    sys.exit(1)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = json.dumps({{"predictions": [0.3], "rows": len(body["dataframe_split"]["data"])}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+print(f"Forwarding from 127.0.0.1:{{server.server_port}} -> 80", flush=True)
+server.serve_forever()
+"""
+
+
+def _kubectl(tmp_path, monkeypatch, *, fail: bool = False):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL.format(python=sys.executable, calls=str(calls), fail=fail))
+    (bin_dir / "kubectl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return KubectlCluster(), smoke_payload(), calls
+
+
+def test_predict_talks_to_the_port_kubectl_picked(tmp_path, monkeypatch) -> None:
+    cluster, payload, calls = _kubectl(tmp_path, monkeypatch)
+    assert cluster.predict("mlops-ci-1", "serve-churn", payload) == {"predictions": [0.3], "rows": 1}
+    # Local port left to kubectl (":80"): a fixed one could be someone else's server.
+    assert json.loads(calls.read_text()) == ["port-forward", "-n", "mlops-ci-1", "svc/serve-churn", ":80"]
+
+
+def test_port_forward_failure_is_reported_at_once(tmp_path, monkeypatch) -> None:
+    cluster, payload, _ = _kubectl(tmp_path, monkeypatch, fail=True)
+    started = time.monotonic()
+    with pytest.raises(EnvError, match=r'port-forward svc/serve-churn in mlops-ci-1 failed: .*"serve-churn" not found'):
+        cluster.predict("mlops-ci-1", "serve-churn", payload)
+    assert time.monotonic() - started < 10  # not the 30 s a retry loop against a dead port would take

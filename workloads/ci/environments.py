@@ -6,20 +6,19 @@
     mlops env reap --older-than 6h      # destroy environments a failed pipeline left behind
 
 Pulumi's Automation API and the cluster sit behind two thin interfaces (`StackBackend`,
-`ClusterClient`) so the orchestration (order of steps, destroy on failure, leak detection,
-reaping selection) is unit-tested without the Pulumi CLI. Leaks are found through the AWS
+`ClusterClient`; the real ones are in `workloads/ci/backends.py`) so the orchestration (order
+of steps, destroy on failure, leak detection, reaping selection) is unit-tested without the
+Pulumi CLI. Leaks are found through the AWS
 Resource Groups Tagging API (every resource carries the `environment` tag from the
 provider's default tags) and by listing what is left in the environment's namespace.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import secrets
-import shutil
-import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from workloads.errors import MlopsError
+from workloads import layout
+from workloads.errors import MlopsError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "stacks" / "Pulumi.ci.yaml"
@@ -43,20 +43,24 @@ class EnvError(MlopsError, RuntimeError):
     """An environment operation that cannot go on; the message says what to do."""
 
 
+class EnvUsageError(EnvError, UsageError):
+    """Refused before anything was done: a bad name or duration, or a missing tool (exit 2)."""
+
+
 # --- durations and names ----------------------------------------------------------------
 
 def parse_duration(text: str) -> timedelta:
     """`90m`, `6h`, `2d` -> timedelta."""
     match = re.fullmatch(r"\s*(\d+)\s*([mhd])\s*", text)
     if not match:
-        raise EnvError(f"duration {text!r}: use a number and a unit, e.g. 90m, 6h, 2d")
+        raise EnvUsageError(f"duration {text!r}: use a number and a unit, e.g. 90m, 6h, 2d")
     value, unit = int(match.group(1)), match.group(2)
     return {"m": timedelta(minutes=value), "h": timedelta(hours=value), "d": timedelta(days=value)}[unit]
 
 
 def check_name(name: str) -> str:
     if not re.fullmatch(NAME_PATTERN, name):
-        raise EnvError(f"environment name {name!r}: must look like ci-<id> (lowercase letters, digits, '-', "
+        raise EnvUsageError(f"environment name {name!r}: must look like ci-<id> (lowercase letters, digits, '-', "
                        "at most 35 characters)")
     return name
 
@@ -65,7 +69,8 @@ def _stamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
-def _parse_stamp(text: str) -> datetime:
+def parse_stamp(text: str) -> datetime:
+    """The time in a TTL tag (`_stamp`'s format)."""
     return datetime.strptime(text, "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
 
 
@@ -168,7 +173,7 @@ class Environments:
         job_name, training = next(iter(trainings.items()))
         if self.s3 is not None:
             # The shipped specs read s3://{data_bucket}/incoming/<name>.parquet: seed it with sample data.
-            key = f"incoming/{job_name}.parquet"
+            key = layout.incoming_key(job_name)
             self.log(f"smoke: seeding s3://{outputs['data_bucket']}/{key}")
             self.s3.put_object(Bucket=outputs["data_bucket"], Key=key, Body=smoke_training_data())
         self.log(f"smoke: training ({training})")
@@ -236,8 +241,6 @@ class Environments:
 
 def smoke_training_data(rows: int = 2000) -> bytes:
     """A small labelled sample dataset as Parquet, for the smoke test's training Job."""
-    import io
-
     from workloads.data.sample import generate
 
     buffer = io.BytesIO()
@@ -251,120 +254,3 @@ def smoke_payload() -> dict[str, Any]:
 
     frame = generate(1, seed=7, labels=False)
     return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False, date_format="iso"))}
-
-
-# --- production implementations ---------------------------------------------------------
-
-def require_pulumi() -> str:
-    path = shutil.which("pulumi")
-    if path is None:
-        raise EnvError("the Pulumi CLI is not installed: short-lived environments need it "
-                       "(https://www.pulumi.com/docs/install/, or pulumi/actions in CI)")
-    return path
-
-
-class AutomationBackend:
-    """Pulumi's Automation API over this project directory (stack files go to stacks/)."""
-
-    def __init__(self, work_dir: Path = ROOT):
-        require_pulumi()
-        from pulumi import automation as auto
-
-        self._auto = auto
-        self.work_dir = work_dir
-
-    def _stack(self, name: str) -> Any:
-        return self._auto.create_or_select_stack(stack_name=name, work_dir=str(self.work_dir))
-
-    def create(self, name: str, config: dict[str, Any], secret_config: dict[str, str]) -> None:
-        values = {k: self._auto.ConfigValue(v if isinstance(v, str) else json.dumps(v)) for k, v in config.items()}
-        values.update({f"{PROJECT}:{k}": self._auto.ConfigValue(v, secret=True) for k, v in secret_config.items()})
-        self._stack(name).set_all_config(values)
-
-    def up(self, name: str) -> dict[str, Any]:
-        result = self._stack(name).up(on_output=print)
-        return {k: v.value for k, v in result.outputs.items()}
-
-    def outputs(self, name: str) -> dict[str, Any]:
-        return {k: v.value for k, v in self._stack(name).outputs().items()}
-
-    def destroy(self, name: str) -> None:
-        self._stack(name).destroy(on_output=print)
-
-    def remove(self, name: str) -> None:
-        self._stack(name).workspace.remove_stack(name)
-
-    def environments(self) -> list[EnvironmentInfo]:
-        workspace = self._auto.LocalWorkspace(work_dir=str(self.work_dir))
-        found = []
-        for summary in workspace.list_stacks():
-            if not re.fullmatch(NAME_PATTERN, summary.name):
-                continue
-            tags = json.loads(workspace.get_config(summary.name, f"{PROJECT}:tags").value or "{}").get("extra", {})
-            found.append(EnvironmentInfo(
-                summary.name,
-                _parse_stamp(tags[CREATED_TAG]) if CREATED_TAG in tags else None,
-                _parse_stamp(tags[EXPIRES_TAG]) if EXPIRES_TAG in tags else None))
-        return found
-
-
-class KubectlCluster:
-    """The cluster through `kubectl` (its current context is the shared dev cluster)."""
-
-    def __init__(self) -> None:
-        kubectl = shutil.which("kubectl")
-        if kubectl is None:
-            raise EnvError("kubectl is not installed; smoke tests and namespace leak checks need it")
-        self.kubectl = kubectl
-
-    def _run(self, *args: str, timeout: float = 120) -> str:
-        proc = subprocess.run([self.kubectl, *args], capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise EnvError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def run_job_from(self, namespace: str, cronjob: str, timeout: float) -> None:
-        job = f"{cronjob}-smoke-{int(time.time())}"
-        self._run("create", "job", "-n", namespace, f"--from=cronjob/{cronjob}", job)
-        self._run("wait", "-n", namespace, f"job/{job}", "--for=condition=complete", f"--timeout={int(timeout)}s",
-                  timeout=timeout + 30)
-
-    def predict(self, namespace: str, service: str, payload: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
-        port = 18080
-        forward = subprocess.Popen([self.kubectl, "port-forward", "-n", namespace, f"svc/{service}", f"{port}:80"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=payload, timeout=30)
-                    response.raise_for_status()
-                    return response.json()
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(1)
-        finally:
-            forward.terminate()
-            forward.wait(timeout=10)
-
-    def leftovers(self, namespace: str) -> list[str]:
-        proc = subprocess.run([self.kubectl, "get", "all,pvc,configmap,secret,ingress,serviceaccount,role",
-                               "-n", namespace, "-o", "name", "--ignore-not-found"],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0 and "NotFound" not in proc.stderr:
-            raise EnvError(f"kubectl get -n {namespace}: {proc.stderr.strip()}")
-        # Kubernetes creates these in every namespace; they go with it.
-        default = {"configmap/kube-root-ca.crt", "serviceaccount/default"}
-        return [line for line in proc.stdout.split() if line not in default]
-
-
-def production(with_cluster: bool = True) -> Environments:
-    """The real wiring: Automation API, kubectl, and AWS clients from the ambient credentials."""
-    import boto3
-
-    backend = AutomationBackend()
-    return Environments(backend=backend, cluster=KubectlCluster() if with_cluster else None,
-                        tagging=boto3.client("resourcegroupstaggingapi"), s3=boto3.client("s3"))

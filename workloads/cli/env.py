@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from typing import Any
 
 import typer
 
 from workloads.cli.app import app, console
 from workloads.cli.options import App, err_console
-from workloads.errors import UsageError
 
 env_app = App(help="Short-lived ci environments (needs the Pulumi CLI): create, smoke, destroy, reap.",
               no_args_is_help=True)
 app.add_typer(env_app, name="env")
-
-
-def _environments(with_cluster: bool = True) -> Any:
-    from workloads.ci.environments import EnvError, production
-
-    try:
-        return production(with_cluster=with_cluster)
-    except EnvError as exc:  # no Pulumi CLI / kubectl: nothing to run against
-        raise UsageError(str(exc)) from None
-
-
-def _duration(text: str) -> timedelta:
-    from workloads.ci.environments import EnvError, parse_duration
-
-    try:
-        return parse_duration(text)
-    except EnvError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @env_app.command("create")
@@ -41,28 +20,30 @@ def env_create(
     ttl: str = typer.Option("3h", "--ttl", help="Time to live (90m, 6h, 2d): after it, `mlops env reap` destroys it."),
 ) -> None:
     """Create stack NAME from stacks/Pulumi.ci.yaml and `pulumi up` it (destroyed again if up fails)."""
-    from workloads.ci.environments import EnvError, check_name
+    from workloads.ci.backends import production
+    from workloads.ci.environments import check_name, parse_duration
 
-    try:
-        check_name(name)
-    except EnvError as exc:
-        raise UsageError(str(exc)) from None
-    lifetime = _duration(ttl)  # bad input is refused before anything needs the Pulumi CLI
-    outputs = _environments(with_cluster=False).create(name, lifetime)
+    check_name(name)
+    lifetime = parse_duration(ttl)  # bad input is refused before anything needs the Pulumi CLI
+    outputs = production(with_cluster=False).create(name, lifetime)
     typer.echo(json.dumps(outputs, indent=2, default=str))
 
 
 @env_app.command("smoke")
 def env_smoke(name: str = typer.Argument(..., help="Environment name: ci-<id>.")) -> None:
     """Train a small model, get a prediction from the endpoint, run the monitor, in NAME."""
-    _environments().smoke(name)
+    from workloads.ci.backends import production
+
+    production().smoke(name)
     console.print(f"[green]{name}: smoke test passed[/green]")
 
 
 @env_app.command("destroy")
 def env_destroy(name: str = typer.Argument(..., help="Environment name: ci-<id>.")) -> None:
     """Destroy NAME and remove its stack, then fail (exit 1) listing anything still tagged or in its namespace."""
-    leaks = _environments().destroy(name)
+    from workloads.ci.backends import production
+
+    leaks = production().destroy(name)
     if leaks:
         err_console.print(f"[red]{name} leaked {len(leaks)} resource(s):[/red]")
         for leak in leaks:
@@ -77,8 +58,11 @@ def env_reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be destroyed."),
 ) -> None:
     """Destroy ci environments past their TTL tag or older than --older-than (never dev, staging, prod)."""
-    age = _duration(older_than)
-    results = _environments().reap(age, dry_run)
+    from workloads.ci.backends import production
+    from workloads.ci.environments import parse_duration
+
+    age = parse_duration(older_than)  # before anything needs the Pulumi CLI
+    results = production().reap(age, dry_run)
     failed = {k: v for k, v in results.items() if v}
     for name in results:
         console.print(f"{'would destroy' if dry_run else 'destroyed'} {name}"
