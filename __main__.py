@@ -18,6 +18,7 @@ from components.jobs import Jobs, JobsArgs
 from components.namespace import EnvironmentNamespace, NamespaceArgs
 from components.netpol import NetworkPolicies, NetworkPoliciesArgs
 from components.network import Network, NetworkArgs
+from components.observability import Observability, ObservabilityArgs
 from components.podenv import ContractValues
 from components.registry import Registry, RegistryArgs
 from components.runner import DeployRunner, RunnerArgs
@@ -103,6 +104,8 @@ if not env.deploy.bootstrap:
         artifact_bucket_arn=storage.bucket_arns["artifacts"], capture_bucket_arn=storage.bucket_arns["capture"],
         oidc=cluster.oidc), opts)
     NetworkPolicies("netpol", NetworkPoliciesArgs(env, namespace.name), opts)
+    # Scraping, dashboards and alert rules; with observability.enabled, the monitoring stack itself.
+    Observability("observability", ObservabilityArgs(env, namespace.name), opts)
 
     # The stack outputs contract: workloads and CI read these names (README: "Stack outputs").
     pulumi.export("data_bucket", storage.data_bucket)

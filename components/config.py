@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 from components import config_values as cv
 from components import eks_versions
 from components.config_errors import format_validation_error
+from components.observability_config import ObservabilityConfig, check_cluster_mode
 
 PROJECT = "mlops-platform"
 
@@ -380,6 +381,12 @@ class EnvironmentConfig(_Section):
     budget: BudgetConfig = BudgetConfig()
     deploy: DeployConfig = DeployConfig()
     registry: RegistryConfig = RegistryConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+    @model_validator(mode="after")
+    def _observability(self) -> EnvironmentConfig:
+        check_cluster_mode(self.observability, self.cluster.mode)  # components/observability_config.py
+        return self
 
     @model_validator(mode="after")
     def _kind_rules(self) -> EnvironmentConfig:

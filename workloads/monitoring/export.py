@@ -34,7 +34,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     from workloads.monitoring.result import MonitorResult
@@ -46,7 +46,7 @@ NAMESPACE_ENV = "MLOPS_NAMESPACE"  # the stack contract's namespace (ConfigMap w
 JOB = "mlops-monitoring"
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 

@@ -27,11 +27,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+GaugeMode = Literal["livemax", "livemin", "livesum"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # How each serving gauge merges across workers (live*: a worker that exited no longer counts).
-GAUGE_MODES = {
+GAUGE_MODES: dict[str, GaugeMode] = {
     "mlops_model_version_info": "livemax",  # 1 while any worker serves that version (set the old one to 0 on swap)
     "mlops_model_ready": "livemin",  # 1 only when every worker has a model
     "mlops_capture_buffered_rows": "livesum",  # rows waiting in all workers' buffers: the capture queue depth
@@ -43,7 +45,7 @@ def prepare_multiprocess(parent: str | os.PathLike[str] | None = None) -> Path:
     path = Path(tempfile.mkdtemp(prefix="mlops-serve-metrics-", dir=parent or tempfile.gettempdir()))
     os.environ[MULTIPROC_ENV] = str(path)
     atexit.register(shutil.rmtree, path, True)
-    values = sys.modules.get("prometheus_client.values")
+    values: Any = sys.modules.get("prometheus_client.values")
     if values is not None and not getattr(values.ValueClass, "_multiprocess", False):
         # prometheus_client chose its value class when it was imported, before the variable was set.
         values.ValueClass = values.MultiProcessValue()
