@@ -21,11 +21,13 @@ from typing import Annotated, Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.functional_validators import PlainValidator
 
 from components import config_values as cv
 from components import eks_versions
 from components.config_errors import format_validation_error
 from components.observability_config import ObservabilityConfig, check_cluster_mode
+from workloads.settings import SNS_TOPIC_ARN, MonitorSettings, ServeSettings, TrainSettings, contract_field
 
 PROJECT = "mlops-platform"
 
@@ -33,7 +35,16 @@ PROJECT = "mlops-platform"
 IMAGE_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 IAM_ROLE_NAME = r"^[A-Za-z0-9+=,.@_-]{1,64}$"
-SNS_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
+SNS_ARN = SNS_TOPIC_ARN  # the settings contract's pattern (workloads/settings.py)
+# serving.endpoints[].monitorLabels: an s3:// prefix or file a labeling process writes ground truth to.
+LABELS_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$"
+
+
+def _labels_source(value: Any) -> bool | str:
+    if isinstance(value, bool) or (isinstance(value, str) and re.match(LABELS_URI, value)):
+        return value
+    raise ValueError("is not true (the capture bucket's labels/<endpoint>/), false (no labels) or an s3:// URI "
+                     "such as s3://my-labels/churn/")
 
 # Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
 SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig")
@@ -254,16 +265,19 @@ class Replicas(_Section):
 
 class ServingEndpoint(_Section):
     name: cv.EndpointName
-    model: str = Field(min_length=1)
-    alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # Keys that become `mlops serve` settings take their default and bounds from the contract.
+    model: str = contract_field(ServeSettings, "model")
+    alias: str = contract_field(ServeSettings, "alias")
     replicas: Replicas = Replicas()
     cpu: cv.Cpu = "500m"
     memory: cv.Memory = "1Gi"
-    workers: int = Field(default=1, ge=1, le=32)
-    max_batch_rows: int = Field(default=256, ge=1, le=100_000)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    capture: bool = True
+    workers: int = contract_field(ServeSettings, "workers")
+    max_batch_rows: int = contract_field(ServeSettings, "max_batch_rows")
+    max_wait_ms: float = contract_field(ServeSettings, "max_wait_ms")
+    capture: bool = contract_field(ServeSettings, "capture")
     host: cv.HostName | None = None
+    # The monitor's ground truth: true = s3://<capture bucket>/labels/<name>/, false = none (drift only).
+    monitor_labels: Annotated[bool | str, PlainValidator(_labels_source)] = True
     # Bumping this rolls the Deployment (the alias is resolved at start-up).
     model_version: cv.VersionText | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
 
@@ -279,12 +293,12 @@ class ServingConfig(_Section):
 
 class TrainingJob(_Section):
     name: cv.TrainingName
-    spec: str = Field(min_length=1)  # path of the training spec inside the image
+    spec: str = contract_field(TrainSettings, "spec")  # path of the training spec inside the image
     pool: str | None = None  # training pool name; None -> any training pool
     gpus: int = Field(default=0, ge=0, le=8)
     cpu: cv.Cpu = "2"
     memory: cv.Memory = "4Gi"
-    search_shards: int = Field(default=1, ge=1, le=100)
+    search_shards: int = contract_field(TrainSettings, "shards")
     backoff_limit: int = Field(default=1, ge=0, le=10)
     active_deadline_seconds: int = Field(default=3 * 3600, ge=60, le=30 * 24 * 3600)
     ttl_seconds_after_finished: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
@@ -292,14 +306,15 @@ class TrainingJob(_Section):
 
 class MonitoringConfig(_Section):
     schedule: cv.CronSchedule = "0 * * * *"
-    window_hours: int = Field(default=24, ge=1, le=24 * 90)
-    min_rows: int = Field(default=200, ge=1, le=100_000_000)
-    drift_share: float = Field(default=0.3, gt=0, le=1)
-    psi_threshold: float = Field(default=0.2, gt=0, le=10)
-    metric_drop: float = Field(default=0.05, ge=0, le=1)
-    cooldown_hours: float = Field(default=6, ge=0, le=24 * 90)
-    alert_webhook: cv.WebhookUrl | None = None
-    alert_sns_topic_arn: str | None = Field(default=None, pattern=SNS_ARN)
+    # `mlops monitor` settings: default and bounds from the contract (workloads/settings.py).
+    window_hours: float = contract_field(MonitorSettings, "window_hours")
+    min_rows: int = contract_field(MonitorSettings, "min_rows")
+    drift_share: float = contract_field(MonitorSettings, "drift_share")
+    psi_threshold: float = contract_field(MonitorSettings, "psi_threshold")
+    metric_drop: float = contract_field(MonitorSettings, "metric_drop")
+    cooldown_hours: float = contract_field(MonitorSettings, "cooldown_hours")
+    alert_webhook: cv.WebhookUrl | None = contract_field(MonitorSettings, "alert_webhook")  # + no clear text
+    alert_sns_topic_arn: str | None = contract_field(MonitorSettings, "alert_sns_topic_arn")
     retrain_job: str | None = None  # the training job to re-run when drift is found
 
 

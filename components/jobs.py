@@ -7,22 +7,22 @@ replaced when the image tag changes (a Job's pod template is immutable, a CronJo
 and every run is `kubectl create job --from=cronjob/train-<name> train-<name>-<suffix>`.
 With `searchShards > 1` the template is an Indexed Job (one pod per candidate shard,
 `mlops train SPEC --shard $(JOB_COMPLETION_INDEX) --shards N`) and a second template
-`train-<name>-select` runs `mlops train SPEC --select --shards N`, which waits for the shards.
+`train-<name>-select` runs `mlops train SPEC --shards N --select`, which waits for the shards.
 Shards and select find each other by the spec hash and data digest (their default search
 group), so the two Jobs need no shared name or variable.
 
 Per serving endpoint, a CronJob `monitor-<endpoint>` on `workloads.monitoring.schedule`
-runs `mlops monitor` with the thresholds from config (`concurrencyPolicy: Forbid`, history
-limits). When `monitoring.retrainJob` names a training job, the monitor may start it: the
-Job manifest is mounted as a file and a namespaced Role grants `create` on Jobs, nothing
-else. Kubernetes RBAC cannot restrict `create` by object name (the name is not known when
-the request is authorized), so the Role admits any Job in this namespace; the namespace's
-restricted Pod Security level and quota bound what such a Job could do.
+runs `mlops monitor` with the thresholds from config and the endpoint's labels source
+(`concurrencyPolicy: Forbid`, history limits). When `monitoring.retrainJob` names a training
+job, the monitor may start it: the Job manifest is mounted as a file and a namespaced Role
+grants `create` on Jobs, nothing else. Kubernetes RBAC cannot restrict `create` by object name
+(the name is not known when the request is authorized), so the Role admits any Job in this
+namespace; the namespace's restricted Pod Security level and quota bound what such a Job could do.
 
-Service accounts (IRSA on AWS): training reads the data bucket and writes the artifact
-bucket (plus `datasets/*` in the data bucket, where `mlops train` stores the dataset version
-it trained on); monitoring reads the capture and data buckets. The stack contract reaches
-every pod through the ConfigMap `workload-contract`; credentials stay Secret references.
+Every container's arguments are its settings model rendered by the settings contract
+(workloads/settings.py `to_args`), so they parse as the CLI parses them. The stack contract
+reaches every pod through the ConfigMap `workload-contract`; credentials stay Secret
+references. IRSA policies: components/workload_iam.py.
 """
 
 from __future__ import annotations
@@ -36,18 +36,25 @@ import pulumi_kubernetes as k8s
 
 from components.cluster import POOL_LABEL, TRAINING_TAINT_KEY
 from components.config import ConfigError, EnvironmentConfig, ServingEndpoint, TrainingJob
-from components.irsa import OidcProvider, irsa_role, s3_statements, service_account_annotations
-from components.podenv import ContractValues, contract_env, contract_env_from
-from components.security import container_security_context, pod_security_context, resources, scratch_volume
+from components.irsa import OidcProvider, irsa_role, service_account_annotations
+from components.podenv import ContractValues, configmap_contract, contract_configmap_data
+from components.pods import Container, PodBuilder, WorkloadPod, pod_builder, system_placement
+from components.security import resources
 from components.tracking import CLIENT_LABEL
+from components.workload_iam import monitoring_policy, training_policy
+from workloads import layout
+from workloads.settings import MonitorSettings, TrainSettings, to_args
 
 CONTRACT_CONFIGMAP = "workload-contract"
 TRAINING_ACCOUNT = "training"
 MONITORING_ACCOUNT = "monitoring"
 RETRAIN_MOUNT = "/etc/mlops/retrain"
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Never fires: the template is suspended; a schedule is still required by the CronJob schema.
 TEMPLATE_SCHEDULE = "@yearly"
 PART_OF = {"app.kubernetes.io/part-of": "mlops-platform"}
+# Kubernetes expands $(VAR) in args: each pod of an Indexed Job searches its own shard.
+SHARD_INDEX = {"shard": "$(JOB_COMPLETION_INDEX)"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class JobsArgs:
     namespace: pulumi.Input[str]
     contract: ContractValues
     data_bucket_arn: pulumi.Input[str]
-    artifact_bucket_arn: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]  # not granted: training's artifacts go through the tracking server
     capture_bucket_arn: pulumi.Input[str]
     oidc: OidcProvider | None = None
 
@@ -98,26 +105,34 @@ def training_placement(env: EnvironmentConfig, job: TrainingJob) -> dict[str, An
     return {"nodeSelector": selector, "tolerations": tolerations}
 
 
-def training_commands(job: TrainingJob) -> tuple[list[str], list[str] | None]:
-    """(shard or single command, selection command or None). Kubernetes expands $(VAR) in args."""
+def training_steps(job: TrainingJob) -> list[tuple[str, list[str], bool]]:
+    """(template name, `mlops train` args, indexed) per template: one run, or N shards then select."""
     if job.search_shards == 1:
-        return ["mlops", "train", job.spec], None
-    shards = str(job.search_shards)
-    return (["mlops", "train", job.spec, "--shard", "$(JOB_COMPLETION_INDEX)", "--shards", shards],
-            ["mlops", "train", job.spec, "--select", "--shards", shards])
+        return [(training_template_name(job), to_args(TrainSettings(spec=job.spec)), False)]
+    shard = TrainSettings(spec=job.spec, shard=0, shards=job.search_shards)  # shard 0 stands for the index
+    select = TrainSettings(spec=job.spec, shards=job.search_shards, select=True)
+    return [(training_template_name(job), to_args(shard, substitute=SHARD_INDEX), True),
+            (select_template_name(job), to_args(select), False)]
 
 
-def monitor_args(env: EnvironmentConfig, endpoint: ServingEndpoint) -> list[str]:
+def labels_source(endpoint: ServingEndpoint, capture_bucket: str) -> str | None:
+    """Where this endpoint's monitor reads ground truth (`serving.endpoints[].monitorLabels`)."""
+    if endpoint.monitor_labels is True:
+        return f"s3://{capture_bucket}/{layout.labels_prefix(endpoint.name)}"
+    return endpoint.monitor_labels or None
+
+
+def monitor_settings(env: EnvironmentConfig, endpoint: ServingEndpoint, capture_bucket: str) -> MonitorSettings:
     cfg = env.workloads.monitoring
-    args = ["--endpoint", endpoint.name, "--model", endpoint.model, "--alias", endpoint.alias,
-            "--window-hours", str(cfg.window_hours), "--min-rows", str(cfg.min_rows),
-            "--drift-share", str(cfg.drift_share), "--psi-threshold", str(cfg.psi_threshold),
-            "--metric-drop", str(cfg.metric_drop), "--cooldown-hours", str(cfg.cooldown_hours), "--json"]
-    if cfg.alert_webhook:
-        args += ["--alert-webhook", cfg.alert_webhook]
-    if cfg.alert_sns_topic_arn:
-        args += ["--alert-sns-topic-arn", cfg.alert_sns_topic_arn]
-    return args
+    return MonitorSettings(
+        endpoint=endpoint.name, model=endpoint.model, alias=endpoint.alias, window_hours=cfg.window_hours,
+        labels=labels_source(endpoint, capture_bucket),
+        # Without a retraining Job the pod must not train itself (no data-bucket write, sized to monitor).
+        retrain=cfg.retrain_job is not None,
+        min_rows=cfg.min_rows, drift_share=cfg.drift_share, psi_threshold=cfg.psi_threshold,
+        metric_drop=cfg.metric_drop, cooldown_hours=cfg.cooldown_hours,
+        alert_webhook=cfg.alert_webhook, alert_sns_topic_arn=cfg.alert_sns_topic_arn,
+    )
 
 
 class Jobs(pulumi.ComponentResource):
@@ -133,7 +148,13 @@ class Jobs(pulumi.ComponentResource):
             self.register_outputs({})
             return
         self._args = args
-        self._contract_configmap(name)
+        self._pods = pod_builder(env, configmap_contract(args.contract, CONTRACT_CONFIGMAP))
+        k8s.core.v1.ConfigMap(
+            f"{name}-contract",
+            metadata={"name": CONTRACT_CONFIGMAP, "namespace": args.namespace, "labels": PART_OF},
+            data=contract_configmap_data(args.contract),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         templates: dict[str, list[dict[str, Any]]] = {}
         if env.workloads.training:
             account = self._training_account(name)
@@ -145,30 +166,13 @@ class Jobs(pulumi.ComponentResource):
             if retrain and retrain not in templates:
                 raise ConfigError(f"mlops-platform:workloads.monitoring.retrainJob: {retrain!r} is not a training "
                                   f"job; known: {sorted(templates)}")
-            account = self._monitoring_account(name, retrain_templates=templates.get(retrain or "", []))
+            account = self._monitoring_account(name)
+            if retrain:
+                self._retrain_access(name, account, templates[retrain])
             for endpoint in env.serving.endpoints:
                 self._monitor(name, endpoint, account, retrain=bool(retrain))
                 self.monitoring[endpoint.name] = monitor_name(endpoint)
         self.register_outputs({"training": self.training, "monitoring": self.monitoring})
-
-    # --- shared ---------------------------------------------------------------------------
-
-    def _contract_configmap(self, name: str) -> None:
-        """Plain contract values in a ConfigMap; the tracking password stays a secretKeyRef."""
-        c = self._args.contract
-        data = {e["name"]: e["value"] for e in contract_env(c) if "value" in e}
-        k8s.core.v1.ConfigMap(
-            f"{name}-contract",
-            metadata={"name": CONTRACT_CONFIGMAP, "namespace": self._args.namespace, "labels": PART_OF},
-            data=data,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-
-    def _env_from(self) -> list[dict[str, Any]]:
-        return [{"configMapRef": {"name": CONTRACT_CONFIGMAP}}, *contract_env_from(self._args.contract)]
-
-    def _secret_env(self) -> list[dict[str, Any]]:
-        return [e for e in contract_env(self._args.contract) if "valueFrom" in e]
 
     def _account(self, name: str, account: str, policy: pulumi.Input[str] | None) -> k8s.core.v1.ServiceAccount:
         env = self._args.env
@@ -182,78 +186,23 @@ class Jobs(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _pod(self, account: str, container: dict[str, Any], placement: dict[str, Any] | None = None,
-             volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return {
-            "serviceAccountName": account,
-            "automountServiceAccountToken": False,
-            "restartPolicy": "Never",
-            "securityContext": pod_security_context(),
-            **(placement or {}),
-            "containers": [{
-                "image": f"{self._args.env.workloads.image}:{self._args.env.workloads.image_tag}",
-                "imagePullPolicy": "IfNotPresent",
-                "securityContext": container_security_context(),
-                "envFrom": self._env_from(),
-                **container,
-                "env": [*self._secret_env(), *container.get("env", []), {"name": "HOME", "value": "/tmp"}],
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *container.get("volumeMounts", [])],
-            }],
-            "volumes": [scratch_volume("tmp", "8Gi"), *(volumes or [])],
-        }
-
     # --- training -------------------------------------------------------------------------
 
     def _training_account(self, name: str) -> k8s.core.v1.ServiceAccount:
         a = self._args
         policy = None
         if a.oidc is not None:
-            policy = pulumi.Output.all(a.data_bucket_arn, a.artifact_bucket_arn, a.contract.kms_key_arn,
-                                       a.capture_bucket_arn).apply(
-                lambda v: json.dumps({"Version": "2012-10-17", "Statement": [
-                    *s3_statements(read=[v[0]], write=[v[1]], kms_key_arn=v[2]),
-                    # `mlops train` stores the exact dataset it trained on under datasets/<name>/<digest>/.
-                    {"Sid": "WriteDatasetVersions", "Effect": "Allow", "Action": ["s3:PutObject"],
-                     "Resource": [f"{v[0]}/datasets/*"]},
-                    # A retraining Job reads the newest data the monitor left under monitoring/.
-                    {"Sid": "ReadRetrainingData", "Effect": "Allow", "Action": ["s3:GetObject"],
-                     "Resource": [f"{v[3]}/monitoring/*"]},
-                ]}))
+            policy = pulumi.Output.all(a.data_bucket_arn, a.capture_bucket_arn, a.contract.kms_key_arn).apply(
+                lambda v: training_policy(v[0], v[1], v[2]))
         return self._account(name, TRAINING_ACCOUNT, policy)
 
-    def _training_job_spec(self, job: TrainingJob, command: list[str], *, indexed: bool) -> dict[str, Any]:
-        env = self._args.env
-        labels = {**PART_OF, **CLIENT_LABEL, "app.kubernetes.io/component": "training",
-                  "mlops-platform/training-job": job.name}
-        container: dict[str, Any] = {
-            "name": "train",
-            "command": command[:2],
-            "args": command[2:],
-            "resources": resources(job.cpu, job.memory, gpus=training_gpus(env, job)),
-        }
-        spec: dict[str, Any] = {
-            "backoffLimit": job.backoff_limit,
-            "activeDeadlineSeconds": job.active_deadline_seconds,
-            "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": self._pod(TRAINING_ACCOUNT, container, training_placement(env, job)),
-            },
-        }
-        if indexed:
-            spec.update({"completionMode": "Indexed", "completions": job.search_shards,
-                         "parallelism": job.search_shards})
-        return spec
-
     def _training(self, name: str, job: TrainingJob, account: k8s.core.v1.ServiceAccount) -> list[dict[str, Any]]:
-        """Register the template(s); return their Job specs (what the monitor may create)."""
-        command, select = training_commands(job)
-        specs = [(training_template_name(job), self._training_job_spec(job, command, indexed=select is not None))]
-        if select is not None:
+        """Register the template(s); return their Job manifests (what the monitor may create)."""
+        specs = []
+        for template, arguments, indexed in training_steps(job):
             # Selection reads the shards' runs from MLflow: no search, so one pod of the same size.
-            select_job = job.model_copy(update={"search_shards": 1})
-            specs.append((select_template_name(job), self._training_job_spec(select_job, select, indexed=False)))
-        for template, spec in specs:
+            spec = training_job_spec(self._pods, self._args.env, job, arguments, indexed=indexed)
+            specs.append((template, spec))
             k8s.batch.v1.CronJob(
                 f"{name}-{template}",
                 metadata={"name": template, "namespace": self._args.namespace,
@@ -279,26 +228,25 @@ class Jobs(pulumi.ComponentResource):
 
     # --- monitoring -----------------------------------------------------------------------
 
-    def _monitoring_account(self, name: str, retrain_templates: list[dict[str, Any]]) -> k8s.core.v1.ServiceAccount:
+    def _monitoring_account(self, name: str) -> k8s.core.v1.ServiceAccount:
         a = self._args
         policy = None
         if a.oidc is not None:
-            policy = pulumi.Output.all(a.capture_bucket_arn, a.data_bucket_arn, a.contract.kms_key_arn).apply(
-                lambda v: json.dumps({"Version": "2012-10-17", "Statement": [
-                    *s3_statements(read=[v[0], v[1]], kms_key_arn=v[2]),
-                    # The retraining lock, the cooldown record and the retraining data live under monitoring/.
-                    *[{**s, "Sid": f"Monitoring{s['Sid']}"} for s in s3_statements(
-                        write=[v[0]], prefix="monitoring/*", delete=True, kms_key_arn=v[2])],
-                ]}))
-        account = self._account(name, MONITORING_ACCOUNT, policy)
-        if not retrain_templates:
-            return account
-        child = pulumi.ResourceOptions(parent=self)
-        # The Jobs the monitor may start, as files: it needs no read access to anything in the cluster.
+            endpoints = a.env.serving.endpoints
+            topic = a.env.workloads.monitoring.alert_sns_topic_arn
+            policy = pulumi.Output.all(a.capture_bucket_arn, a.data_bucket_arn, a.contract.kms_key_arn,
+                                       a.contract.capture_bucket).apply(
+                lambda v: monitoring_policy(v[0], v[1], v[2], [s for e in endpoints if (s := labels_source(e, v[3]))],
+                                            topic))
+        return self._account(name, MONITORING_ACCOUNT, policy)
+
+    def _retrain_access(self, name: str, account: k8s.core.v1.ServiceAccount, templates: list[dict[str, Any]]) -> None:
+        """The Jobs the monitor may start, as files (it needs no read access to the cluster), and `create` on Jobs."""
+        a, child = self._args, pulumi.ResourceOptions(parent=self)
         k8s.core.v1.ConfigMap(
             f"{name}-retrain",
             metadata={"name": "retrain-jobs", "namespace": a.namespace, "labels": PART_OF},
-            data=pulumi.Output.from_input(retrain_templates).apply(
+            data=pulumi.Output.from_input(templates).apply(
                 lambda specs: {f"{i}-{s['metadata']['generateName'].rstrip('-')}.json": json.dumps(s)
                                for i, s in enumerate(specs)}),
             opts=child,
@@ -317,33 +265,17 @@ class Jobs(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": account.metadata["name"], "namespace": a.namespace}],
             opts=child,
         )
-        return account
 
     def _monitor(self, name: str, endpoint: ServingEndpoint, account: k8s.core.v1.ServiceAccount,
                  retrain: bool) -> None:
         a = self._args
         labels = {**PART_OF, **CLIENT_LABEL, "app.kubernetes.io/component": "monitoring",
                   "mlops-platform/endpoint": endpoint.name}
-        container: dict[str, Any] = {
-            "name": "monitor",
-            "command": ["mlops", "monitor"],
-            "args": monitor_args(a.env, endpoint),
-            "resources": resources("250m", "1Gi"),
-        }
-        volumes: list[dict[str, Any]] = []
-        if retrain:
-            # Only this pod gets an API token (short-lived, projected); every other pod has none.
-            container["env"] = [{"name": "MLOPS_RETRAIN_JOBS_DIR", "value": RETRAIN_MOUNT}]
-            container["volumeMounts"] = [{"name": "retrain-jobs", "mountPath": RETRAIN_MOUNT, "readOnly": True},
-                                         {"name": "api-token", "mountPath": "/var/run/secrets/kubernetes.io/"
-                                          "serviceaccount", "readOnly": True}]
-            volumes = [{"name": "retrain-jobs", "configMap": {"name": "retrain-jobs"}},
-                       {"name": "api-token", "projected": {"sources": [
-                           {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-                           {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                           {"downwardAPI": {"items": [{"path": "namespace",
-                                                       "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]
-        placement = {"nodeSelector": {POOL_LABEL: "system"}} if a.env.cluster.mode in ("create", "existing") else {}
+        arguments = pulumi.Output.from_input(a.contract.capture_bucket).apply(
+            lambda bucket: [*to_args(monitor_settings(a.env, endpoint, bucket)), "--json"])
+        pod = WorkloadPod(account=MONITORING_ACCOUNT, container=monitor_container(arguments, retrain=retrain),
+                          scratch_size="8Gi", placement=system_placement(a.env), restart_policy="Never",
+                          volumes=retrain_volumes() if retrain else ())
         k8s.batch.v1.CronJob(
             f"{name}-{monitor_name(endpoint)}",
             metadata={"name": monitor_name(endpoint), "namespace": a.namespace, "labels": labels},
@@ -357,9 +289,50 @@ class Jobs(pulumi.ComponentResource):
                     "backoffLimit": 1,
                     "activeDeadlineSeconds": 3600,
                     "ttlSecondsAfterFinished": 24 * 3600,
-                    "template": {"metadata": {"labels": labels},
-                                 "spec": self._pod(MONITORING_ACCOUNT, container, placement, volumes)},
+                    "template": {"metadata": {"labels": labels}, "spec": self._pods.spec(pod)},
                 }},
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
+
+
+def training_job_spec(pods: PodBuilder, env: EnvironmentConfig, job: TrainingJob, arguments: list[str], *,
+                      indexed: bool) -> dict[str, Any]:
+    labels = {**PART_OF, **CLIENT_LABEL, "app.kubernetes.io/component": "training",
+              "mlops-platform/training-job": job.name}
+    container = Container(name="train", command=["mlops", "train"], args=arguments,
+                          resources=resources(job.cpu, job.memory, gpus=training_gpus(env, job)))
+    pod = WorkloadPod(account=TRAINING_ACCOUNT, container=container, scratch_size="8Gi",
+                      placement=training_placement(env, job), restart_policy="Never")
+    spec: dict[str, Any] = {
+        "backoffLimit": job.backoff_limit,
+        "activeDeadlineSeconds": job.active_deadline_seconds,
+        "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
+        "template": {"metadata": {"labels": labels}, "spec": pods.spec(pod)},
+    }
+    if indexed:
+        spec.update({"completionMode": "Indexed", "completions": job.search_shards,
+                     "parallelism": job.search_shards})
+    return spec
+
+
+def monitor_container(arguments: pulumi.Input[list[str]], *, retrain: bool) -> Container:
+    if not retrain:
+        return Container(name="monitor", command=["mlops", "monitor"], args=arguments,
+                         resources=resources("250m", "1Gi"))
+    # Only this pod gets an API token (short-lived, projected); every other pod has none.
+    return Container(
+        name="monitor", command=["mlops", "monitor"], args=arguments, resources=resources("250m", "1Gi"),
+        env=[{"name": "MLOPS_RETRAIN_JOBS_DIR", "value": RETRAIN_MOUNT}],
+        mounts=[{"name": "retrain-jobs", "mountPath": RETRAIN_MOUNT, "readOnly": True},
+                {"name": "api-token", "mountPath": TOKEN_MOUNT, "readOnly": True}],
+    )
+
+
+def retrain_volumes() -> list[dict[str, Any]]:
+    return [{"name": "retrain-jobs", "configMap": {"name": "retrain-jobs"}},
+            {"name": "api-token", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]

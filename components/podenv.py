@@ -2,7 +2,9 @@
 
 Each output `<name>` is `MLOPS_<NAME>` in a pod, plus the standard MLFLOW_TRACKING_URI,
 MLFLOW_S3_ENDPOINT_URL (when there is an S3 endpoint) and MLFLOW_TRACKING_USERNAME /
-MLFLOW_TRACKING_PASSWORD from the tracking credentials Secret. Serving and jobs share it.
+MLFLOW_TRACKING_PASSWORD from the tracking credentials Secret. Serving and jobs share it:
+a Deployment carries the values inline (a changed value rolls its pods); Jobs read them from
+the `workload-contract` ConfigMap (each run is a new pod, so it always sees the current values).
 """
 
 from __future__ import annotations
@@ -61,3 +63,25 @@ def contract_env_from(values: ContractValues) -> list[dict[str, Any]]:
     if values.s3_credentials_secret is None:
         return []
     return [{"secretRef": {"name": values.s3_credentials_secret}}]
+
+
+@dataclass(frozen=True)
+class ContractEnv:
+    """How the contract reaches one pod: `env` entries and `envFrom` sources."""
+
+    env: list[dict[str, Any]]
+    env_from: list[dict[str, Any]]
+
+
+def inline_contract(values: ContractValues) -> ContractEnv:
+    return ContractEnv(contract_env(values), contract_env_from(values))
+
+
+def configmap_contract(values: ContractValues, configmap: str) -> ContractEnv:
+    """Plain values from the ConfigMap `configmap` (see `contract_configmap_data`); secrets stay secretKeyRefs."""
+    secrets = [e for e in contract_env(values) if "valueFrom" in e]
+    return ContractEnv(secrets, [{"configMapRef": {"name": configmap}}, *contract_env_from(values)])
+
+
+def contract_configmap_data(values: ContractValues) -> dict[str, Any]:
+    return {e["name"]: e["value"] for e in contract_env(values) if "value" in e}

@@ -85,7 +85,7 @@ class MonitorSettings(Settings):
     retrain_spec: str | None = Field(None, min_length=1,
                                      description="Spec for retraining [default: the champion run's spec.yaml].")
     retrain: bool = Field(True, description="Retrain on drift or decay.")
-    min_rows: int = Field(200, ge=1, description="Fewer captured rows: insufficient_data.")
+    min_rows: int = Field(200, ge=1, le=100_000_000, description="Fewer captured rows: insufficient_data.")
     min_labelled_rows: int = Field(50, ge=1, description="Fewer labelled rows: no metric.")
     drift_share: float = Field(0.3, gt=0, le=1, description="Drift when this share of features drifts.")
     psi_threshold: float = Field(0.2, gt=0, le=100, description="Drift when any feature's PSI reaches it.")

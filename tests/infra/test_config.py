@@ -115,7 +115,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("negative size", {"mlops-platform:storage.noncurrentVersionDays": -5},
      "mlops-platform:storage.noncurrentVersionDays: -5 is below 1 (allowed: from 1 up to 3650)"),
     ("1e30 for a float", {"mlops-platform:workloads.monitoring.psiThreshold": 1e30},
-     "mlops-platform:workloads.monitoring.psiThreshold: 1e+30 is above 10 (allowed: more than 0 up to 10)"),
+     "mlops-platform:workloads.monitoring.psiThreshold: 1e+30 is above 100 (allowed: more than 0 up to 100)"),
     ("1e30 for an integer", {"mlops-platform:workloads.training[0].activeDeadlineSeconds": 1e30},
      "mlops-platform:workloads.training[0].activeDeadlineSeconds: 1e+30 is too large (allowed: from 60 up to "
      "2592000)"),

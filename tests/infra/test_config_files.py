@@ -55,7 +55,7 @@ FILES: list[tuple[str, str, list[str]]] = [
     ("unquoted version loses its zero", _edit(DEV, 'version: "1.35"', "version: 1.30"),
      ["mlops-platform:cluster.version: 1.3 was read by YAML as the number 1.3; write it in quotes"]),
     (".inf as YAML writes it", _edit(DEV, "      retrainJob: churn\n", "      retrainJob: churn\n      psiThreshold: .inf\n"),
-     ["mlops-platform:workloads.monitoring.psiThreshold: Infinity is not a finite number (allowed: more than 0 up to 10)"]),
+     ["mlops-platform:workloads.monitoring.psiThreshold: Infinity is not a finite number (allowed: more than 0 up to 100)"]),
     ("1e30 as YAML writes it", _edit(DEV, "      retrainJob: churn\n", "      retrainJob: churn\n      minRows: 1e30\n"),
      ["mlops-platform:workloads.monitoring.minRows: \"1e30\" is not a whole number (allowed: from 1 up to 100000000)"]),
     ("cloud that does not exist", _edit(DEV, "mlops-platform:cloud: aws", "mlops-platform:cloud: gcp"),

@@ -29,6 +29,11 @@ def container(cronjob: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def option(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, f"{name} rendered {args.count(name)} times in {args}"
+    return args[args.index(name) + 1]
+
+
 def render_with(stack: str, edit) -> RenderResult:
     config = load_stack_config(stack_file(stack))
     edit(config)
@@ -72,7 +77,7 @@ def test_search_fans_out_as_an_indexed_job_then_selects(rendered: dict[str, Rend
     assert "MLOPS_SEARCH_GROUP" not in env_of(container(train(result)))
     select = train(result, "train-churn-select")
     assert select["spec"]["suspend"] is True
-    assert container(select)["args"] == ["/app/specs/churn.yaml", "--select", "--shards", str(shards)]
+    assert container(select)["args"] == ["/app/specs/churn.yaml", "--shards", str(shards), "--select"]
     assert "completionMode" not in job_spec(select)
 
 
@@ -141,9 +146,14 @@ def test_monitoring_cronjob_per_endpoint(rendered: dict[str, RenderResult], stac
     assert "suspend" not in spec
     c = container(cronjob)
     assert c["command"] == ["mlops", "monitor"]
-    args = dict(zip(c["args"][::2], c["args"][1::2], strict=False))
-    assert args["--endpoint"] == "churn" and args["--model"] == "churn" and args["--alias"] == "champion"
-    assert args["--window-hours"] == "24" and args["--min-rows"] == "200" and args["--psi-threshold"] == "0.2"
+    args = c["args"]
+    assert option(args, "--endpoint") == "churn" and option(args, "--model") == "churn"
+    assert option(args, "--alias") == "champion"
+    assert option(args, "--window-hours") == "24.0" and option(args, "--min-rows") == "200"
+    assert option(args, "--psi-threshold") == "0.2" and option(args, "--drift-share") == "0.3"
+    # Ground truth from the endpoint's labels prefix, so an in-cluster monitor can measure and retrain.
+    assert option(args, "--labels") == f"s3://{result.outputs['capture_bucket']}/labels/churn/"
+    assert "--retrain" in args
     assert c["args"][-1] == "--json"
     assert pod_spec(cronjob)["serviceAccountName"] == "monitoring"
     assert result.outputs["monitoring_cronjobs"] == {"churn": "monitor-churn"}
@@ -152,9 +162,9 @@ def test_monitoring_cronjob_per_endpoint(rendered: dict[str, RenderResult], stac
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_monitor_may_only_create_jobs(rendered: dict[str, RenderResult], stack: str) -> None:
     result = rendered[stack]
-    (role,) = manifests(result, "Role")
+    role = manifest(result, "Role", "monitoring-retrain")
     assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}]
-    (binding,) = manifests(result, "RoleBinding")
+    (binding,) = [b for b in manifests(result, "RoleBinding") if b["roleRef"]["kind"] == "Role"]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "monitoring", "namespace": f"mlops-{stack}"}]
 
@@ -213,37 +223,120 @@ def _resources(statement: dict[str, Any]) -> list[str]:
     return r if isinstance(r, list) else [r]
 
 
+def _arns(result: RenderResult, *roles: str) -> list[str]:
+    return [f"arn:aws:s3:::{result.outputs[f'{role}_bucket']}" for role in roles]
+
+
+def _grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(a, r) for s in statements for a in s["Action"] for r in _resources(s)}
+
+
+def _kms_buckets(statements: list[dict[str, Any]]) -> list[str]:
+    (kms,) = [s for s in statements if any(a.startswith("kms:") for a in s["Action"])]
+    return kms["Condition"]["StringEquals"]["kms:EncryptionContext:aws:s3:arn"]
+
+
 @pytest.mark.parametrize("stack", AWS_STACKS)
-def test_training_role_reads_data_and_writes_artifacts(rendered: dict[str, RenderResult], stack: str) -> None:
+def test_training_role_reads_data_and_writes_only_dataset_versions(rendered: dict[str, RenderResult],
+                                                                   stack: str) -> None:
     result = rendered[stack]
-    data, artifacts = (f"arn:aws:s3:::{result.outputs[k]}" for k in ("data_bucket", "artifact_bucket"))
-    for statement in _statements(result, "jobs-training-irsa"):
-        writes = [a for a in statement["Action"] if a.startswith(("s3:Put", "s3:Delete"))]
-        if writes:
-            assert "s3:DeleteObject" not in writes
-            # Artifacts, and the dataset versions training records (never the raw data itself).
-            assert set(_resources(statement)) <= {f"{artifacts}/*", f"{data}/datasets/*"}
-    reads = [r for s in _statements(result, "jobs-training-irsa") if "s3:GetObject" in s["Action"]
-             for r in _resources(s)]
-    assert f"{data}/*" in reads
-    # Of the capture bucket, only the retraining data the monitor leaves under monitoring/.
-    capture = f"arn:aws:s3:::{result.outputs['capture_bucket']}"
-    capture_grants = [(a, r) for s in _statements(result, "jobs-training-irsa") for r in _resources(s)
-                      if r.startswith(capture) for a in s["Action"]]
-    assert capture_grants == [("s3:GetObject", f"{capture}/monitoring/*")]
+    statements = _statements(result, "jobs-training-irsa")
+    data, capture, artifacts = _arns(result, "data", "capture", "artifact")
+    grants = _grants(statements)
+    writes = {(a, r) for a, r in grants if a.startswith(("s3:Put", "s3:Delete"))}
+    # The dataset version `mlops train` records; never the raw data, never a delete.
+    assert writes == {("s3:PutObject", f"{data}/datasets/*")}
+    assert ("s3:GetObject", f"{data}/*") in grants
+    # Of the capture bucket, only the retraining data the monitor leaves under monitoring/<endpoint>/retrain/.
+    assert {(a, r) for a, r in grants if r.startswith(capture)} == {
+        ("s3:GetObject", f"{capture}/monitoring/*/retrain/*.parquet")}
+    # Artifacts go through the tracking server (--serve-artifacts): no grant on that bucket or its key use.
+    assert artifacts not in json.dumps(statements)
+    assert _kms_buckets(statements) == sorted([data, capture])
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
-def test_monitoring_role_reads_capture_and_data_writes_only_its_state(rendered: dict[str, RenderResult], stack: str) -> None:
+def test_monitoring_role_reads_capture_and_data_writes_only_its_state(rendered: dict[str, RenderResult],
+                                                                     stack: str) -> None:
     result = rendered[stack]
     statements = _statements(result, "jobs-monitoring-irsa")
-    capture = f"arn:aws:s3:::{result.outputs['capture_bucket']}"
-    for statement in statements:
-        if [a for a in statement["Action"] if a.startswith(("s3:Put", "s3:Delete"))]:
-            # Writes only the retraining lock, cooldown record and retraining data.
-            assert _resources(statement) == [f"{capture}/monitoring/*"]
+    capture, data = _arns(result, "capture", "data")
+    grants = _grants(statements)
+    writes = {r for a, r in grants if a.startswith(("s3:Put", "s3:Delete"))}
+    # The retraining lock, cooldown record, retraining data and cached reference profiles: monitoring/ only.
+    assert writes == {f"{capture}/monitoring/*"}
+    reads = {r for a, r in grants if a == "s3:GetObject"}
+    assert reads == {f"{capture}/captures/*", f"{capture}/monitoring/*", f"{capture}/labels/churn/*",
+                     f"{data}/datasets/*"}
     buckets = {r.split("/")[0] for s in statements for r in _resources(s) if r.startswith("arn:aws:s3")}
-    assert buckets == {f"arn:aws:s3:::{result.outputs[k]}" for k in ("capture_bucket", "data_bucket")}
+    assert buckets == {capture, data}
+    assert _kms_buckets(statements) == sorted([capture, data])
+    assert not [a for a, _ in grants if a.startswith("sns:")]  # no topic configured in the stack files
+
+
+def test_monitoring_role_may_publish_to_the_configured_topic_only() -> None:
+    topic = "arn:aws:sns:us-east-1:123456789012:ml-alerts"
+
+    def edit(config: dict) -> None:
+        config["mlops-platform:workloads"]["monitoring"]["alertSnsTopicArn"] = topic
+
+    result = render_with("dev", edit)
+    grants = _grants(_statements(result, "jobs-monitoring-irsa"))
+    assert [(a, r) for a, r in grants if a.startswith("sns:")] == [("sns:Publish", topic)]
+    assert option(container(manifest(result, "CronJob", "monitor-churn"))["args"], "--alert-sns-topic-arn") == topic
+
+
+def test_monitor_labels_can_be_moved_or_turned_off() -> None:
+    def moved(config: dict) -> None:
+        config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "s3://labeling-team/churn/truth/"
+
+    result = render_with("dev", moved)
+    args = container(manifest(result, "CronJob", "monitor-churn"))["args"]
+    assert option(args, "--labels") == "s3://labeling-team/churn/truth/"
+    grants = _grants(_statements(result, "jobs-monitoring-irsa"))
+    assert ("s3:GetObject", "arn:aws:s3:::labeling-team/churn/truth/*") in grants
+    assert ("s3:ListBucket", "arn:aws:s3:::labeling-team") in grants
+    assert not [r for _, r in grants if "/labels/" in r]
+
+    def off(config: dict) -> None:
+        config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = False
+
+    result = render_with("dev", off)
+    assert "--labels" not in container(manifest(result, "CronJob", "monitor-churn"))["args"]
+    assert not [r for _, r in _grants(_statements(result, "jobs-monitoring-irsa")) if "labels" in r]
+
+
+def test_monitor_labels_must_be_an_s3_uri() -> None:
+    def edit(config: dict) -> None:
+        config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "/data/labels.csv"
+
+    with pytest.raises(ConfigError) as caught:
+        render_with("dev", edit)
+    assert str(caught.value) == ("mlops-platform:serving.endpoints[0].monitorLabels: \"/data/labels.csv\" is not true "
+                                 "(the capture bucket's labels/<endpoint>/), false (no labels) or an s3:// URI such "
+                                 "as s3://my-labels/churn/")
+
+
+def test_without_a_retraining_job_the_monitor_does_not_retrain() -> None:
+    def edit(config: dict) -> None:
+        del config["mlops-platform:workloads"]["monitoring"]["retrainJob"]
+
+    result = render_with("dev", edit)
+    c = container(manifest(result, "CronJob", "monitor-churn"))
+    # The pod may not train itself: it cannot write dataset versions and is sized to monitor.
+    assert "--no-retrain" in c["args"] and "--retrain" not in c["args"]
+    assert not manifests(result, "Role") and "MLOPS_RETRAIN_JOBS_DIR" not in env_of(c)
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_job_pods_write_only_under_their_scratch_volume(rendered: dict[str, RenderResult], stack: str) -> None:
+    for name in ("train-churn", "monitor-churn"):
+        c = container(manifest(rendered[stack], "CronJob", name))
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        (scratch,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "tmp"]
+        env = env_of(c)
+        # The monitor's alerts file and any state go to MLOPS_WORKDIR, inside the writable emptyDir.
+        assert env["HOME"] == scratch and env["MLOPS_WORKDIR"].startswith(f"{scratch}/")
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)

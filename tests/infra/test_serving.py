@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.render import RenderResult, render_stack
+from components.render import RenderResult, load_stack_config, render_stack, stack_file
 from components.serving import MODEL_VERSION_ANNOTATION
 from tests.infra.conftest import ADMIN_PASSWORD, ALL_STACKS, AWS_STACKS
 from tests.infra.helpers import env_of, manifest, pod_spec
@@ -24,16 +24,46 @@ def container(result: RenderResult) -> dict:
     return pod_spec(deployment(result))["containers"][0]
 
 
+def option(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, f"{name} rendered {args.count(name)} times in {args}"
+    return args[args.index(name) + 1]
+
+
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_runs_mlops_serve_with_the_endpoint_settings(rendered: dict[str, RenderResult], stack: str) -> None:
     c = container(rendered[stack])
+    endpoint = load_stack_config(stack_file(stack))["mlops-platform:serving"]["endpoints"][0]
     assert c["command"] == ["mlops", "serve"]
+    args = c["args"]
+    assert option(args, "--model") == "churn" and option(args, "--alias") == "champion"
+    assert option(args, "--endpoint-name") == "churn" and "--capture" in args
+    assert option(args, "--workers") == str(endpoint.get("workers", 1))
+    assert option(args, "--max-batch-rows") == "256" and option(args, "--max-wait-ms") == "2.0"
+    # Settings travel as arguments the CLI parses, never as variables it does not read.
+    assert not [k for k in env_of(c) if k.startswith("MLOPS_SERVE_")]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_listens_where_the_service_and_probes_reach_it(rendered: dict[str, RenderResult], stack: str) -> None:
+    c = container(rendered[stack])
+    assert option(c["args"], "--host") == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": int(option(c["args"], "--port"))}
+    (service_port,) = manifest(rendered[stack], "Service", "serve-churn")["spec"]["ports"]
+    assert service_port["targetPort"] in ports
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] in ports
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_writes_only_under_its_scratch_volume(rendered: dict[str, RenderResult], stack: str) -> None:
+    c = container(rendered[stack])
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    (scratch,) = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "tmp"]
+    volumes = {v["name"]: v for v in pod_spec(deployment(rendered[stack]))["volumes"]}
+    assert "emptyDir" in volumes["tmp"]
     env = env_of(c)
-    assert env["MLOPS_SERVE_MODEL"] == "churn" and env["MLOPS_SERVE_ALIAS"] == "champion"
-    assert env["MLOPS_SERVE_ENDPOINT"] == "churn" and env["MLOPS_SERVE_CAPTURE"] == "true"
-    for key in ("MLOPS_SERVE_WORKERS", "MLOPS_SERVE_MAX_BATCH_ROWS", "MLOPS_SERVE_MAX_WAIT_MS"):
-        assert env[key]
-    assert c["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert env["HOME"] == scratch and env["MLOPS_WORKDIR"].startswith(f"{scratch}/")
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
@@ -61,8 +91,6 @@ def test_probes(rendered: dict[str, RenderResult], stack: str) -> None:
 
 
 def test_model_version_change_rolls_the_deployment() -> None:
-    from components.render import load_stack_config, stack_file
-
     config = load_stack_config(stack_file("local"))
     serving = config["mlops-platform:serving"]
     before = render_stack("local", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
@@ -122,3 +150,6 @@ def test_serving_role_reads_artifacts_and_writes_capture_only(rendered: dict[str
         for resource in resources:
             assert resource.startswith((artifacts, capture)) or resource == result.outputs["kms_key_arn"]
     assert result.outputs["data_bucket"] not in json.dumps(policy)
+    # The shared key only for these two buckets (S3 Bucket Keys: the encryption context is the bucket ARN).
+    (kms,) = [s for s in policy["Statement"] if any(a.startswith("kms:") for a in s["Action"])]
+    assert kms["Condition"] == {"StringEquals": {"kms:EncryptionContext:aws:s3:arn": sorted([artifacts, capture])}}

@@ -1,0 +1,91 @@
+"""One pod builder for every workload pod (serving, training, monitoring).
+
+What each of them repeats is written here once: the workload image and its pull policy, the
+restricted security contexts, the contract environment, a writable emptyDir at /tmp (the root
+filesystem is read-only) with HOME and MLOPS_WORKDIR inside it, no automounted API token, and
+the service account. A component gives only what differs: the container's command, arguments,
+resources, extra env and mounts, placement and extra volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from components.cluster import POOL_LABEL
+from components.config import EnvironmentConfig
+from components.podenv import ContractEnv
+from components.security import container_security_context, pod_security_context, scratch_volume
+
+SCRATCH = "/tmp"
+# MLOPS_WORKDIR: where a workload keeps files (the monitor's alerts.jsonl, local state); the CLI reads it.
+WORKDIR = f"{SCRATCH}/mlops"
+
+
+@dataclass(frozen=True)
+class Container:
+    """The part of a workload container that differs between workloads."""
+
+    name: str
+    command: list[str]
+    args: pulumi.Input[Sequence[str]]
+    resources: dict[str, Any]
+    env: Sequence[dict[str, Any]] = ()
+    mounts: Sequence[dict[str, Any]] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)  # ports, probes
+
+
+@dataclass(frozen=True)
+class WorkloadPod:
+    account: pulumi.Input[str]
+    container: Container
+    scratch_size: str
+    placement: Mapping[str, Any] = field(default_factory=dict)  # nodeSelector, tolerations, spread
+    volumes: Sequence[dict[str, Any]] = ()
+    restart_policy: str | None = None  # Jobs: Never; Deployments: the default (Always)
+
+
+@dataclass(frozen=True)
+class PodBuilder:
+    image: str
+    contract: ContractEnv
+
+    def spec(self, pod: WorkloadPod) -> dict[str, Any]:
+        c = pod.container
+        container = {
+            "name": c.name,
+            "image": self.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": c.command,
+            "args": c.args,
+            "env": [*self.contract.env, *c.env, {"name": "HOME", "value": SCRATCH},
+                    {"name": "MLOPS_WORKDIR", "value": WORKDIR}],
+            "envFrom": self.contract.env_from,
+            **c.extra,
+            "resources": c.resources,
+            "securityContext": container_security_context(),
+            "volumeMounts": [{"name": "tmp", "mountPath": SCRATCH}, *c.mounts],
+        }
+        return {
+            "serviceAccountName": pod.account,
+            "automountServiceAccountToken": False,
+            **({"restartPolicy": pod.restart_policy} if pod.restart_policy else {}),
+            "securityContext": pod_security_context(),
+            **pod.placement,
+            "containers": [container],
+            "volumes": [scratch_volume("tmp", pod.scratch_size), *pod.volumes],
+        }
+
+
+def pod_builder(env: EnvironmentConfig, contract: ContractEnv) -> PodBuilder:
+    return PodBuilder(env.workload_image, contract)
+
+
+def system_placement(env: EnvironmentConfig) -> dict[str, Any]:
+    """Endpoints and monitors run on the on-demand system pool (a plain kubeconfig cluster has none)."""
+    if env.cluster.mode in ("create", "existing"):
+        return {"nodeSelector": {POOL_LABEL: "system"}}
+    return {}

@@ -1,0 +1,107 @@
+"""The IRSA policies of the workload roles (serving, training, monitoring), least privilege.
+
+Object prefixes come from the S3 layout the workloads write (`workloads/layout.py`), so a
+role's `Resource` and the keys a workload uses cannot drift apart. The buckets share one KMS
+key and use S3 Bucket Keys, whose encryption context is the bucket ARN: each role may use the
+key only for the buckets it works with (`kms:EncryptionContext:aws:s3:arn`).
+
+- serving: reads the artifact bucket (models), writes `captures/*` of the capture bucket;
+- training: reads the data bucket and writes its `datasets/*` (the dataset version a run trained
+  on); reads the retraining data the monitor leaves under `monitoring/*/retrain/*`. No artifact
+  bucket: the tracking server proxies artifacts (`--serve-artifacts`, components/tracking.py);
+- monitoring: reads `captures/*`, each endpoint's labels source and `datasets/*` (the reference);
+  reads and writes only `monitoring/*` (lock, cooldown record, retraining data, cached reference
+  profiles); publishes to the configured SNS topic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from workloads import layout
+
+LIST = ["s3:ListBucket", "s3:GetBucketLocation"]
+READ = ["s3:GetObject", "s3:GetObjectVersion"]
+WRITE = ["s3:PutObject", "s3:AbortMultipartUpload"]
+
+
+def _statement(sid: str, actions: list[str], resources: Sequence[str], **extra: Any) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": sorted(set(resources)), **extra}
+
+
+def _objects(bucket_arn: str, prefix: str) -> str:
+    """`arn:aws:s3:::bucket/<prefix>*`: every object under a layout prefix ('' for the whole bucket)."""
+    return f"{bucket_arn}/{prefix}*"
+
+
+def _kms(key_arn: str | None, bucket_arns: Sequence[str], *, write: bool) -> list[dict[str, Any]]:
+    """The bucket key for these buckets only (S3 Bucket Keys: the encryption context is the bucket ARN)."""
+    if not key_arn:
+        return []
+    actions = ["kms:Decrypt", *(["kms:GenerateDataKey"] if write else [])]
+    return [_statement("UseBucketKey", actions, [key_arn], Condition={
+        "StringEquals": {"kms:EncryptionContext:aws:s3:arn": sorted(set(bucket_arns))}})]
+
+
+def _document(statements: list[dict[str, Any]]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def serving_policy(artifact_arn: str, capture_arn: str, key_arn: str | None) -> str:
+    return _document([
+        _statement("ListBuckets", LIST, [artifact_arn, capture_arn]),
+        _statement("ReadModels", READ, [_objects(artifact_arn, "")]),
+        _statement("WriteCaptures", WRITE, [_objects(capture_arn, layout.CAPTURES)]),
+        *_kms(key_arn, [artifact_arn, capture_arn], write=True),
+    ])
+
+
+def training_policy(data_arn: str, capture_arn: str, key_arn: str | None) -> str:
+    return _document([
+        _statement("ListData", LIST, [data_arn]),
+        _statement("ReadData", READ, [_objects(data_arn, "")]),
+        # `mlops train` stores the exact dataset it trained on under datasets/<name>/<digest>/.
+        _statement("WriteDatasetVersions", WRITE, [_objects(data_arn, layout.DATASETS)]),
+        # A retraining Job reads the newest data the monitor left for it (`--data`).
+        _statement("ReadRetrainingData", ["s3:GetObject"], [f"{capture_arn}/{layout.retrain_data_key('*', '*')}"]),
+        *_kms(key_arn, [data_arn, capture_arn], write=True),
+    ])
+
+
+@dataclass(frozen=True)
+class LabelsSource:
+    """Where the monitor of one endpoint reads ground truth: `s3://bucket/prefix`."""
+
+    uri: str
+
+    @property
+    def bucket_arn(self) -> str:
+        return f"arn:aws:s3:::{urlparse(self.uri).netloc}"
+
+    @property
+    def objects(self) -> str:
+        return f"{self.bucket_arn}/{urlparse(self.uri).path.lstrip('/')}*"
+
+
+def monitoring_policy(capture_arn: str, data_arn: str, key_arn: str | None, labels: Sequence[str],
+                      sns_topic_arn: str | None) -> str:
+    sources = [LabelsSource(uri) for uri in labels]
+    label_buckets = [s.bucket_arn for s in sources]
+    statements = [
+        _statement("ListBuckets", LIST, [capture_arn, data_arn, *label_buckets]),
+        _statement("ReadCapturesAndReference", READ, [
+            _objects(capture_arn, layout.CAPTURES), _objects(capture_arn, layout.MONITORING),
+            _objects(data_arn, layout.DATASETS)]),
+        # The retraining lock (conditional put, delete on release), cooldown record, retraining data, profiles.
+        _statement("WriteMonitoringState", [*WRITE, "s3:DeleteObject"], [_objects(capture_arn, layout.MONITORING)]),
+    ]
+    if sources:
+        statements.append(_statement("ReadLabels", READ, [s.objects for s in sources]))
+    statements += _kms(key_arn, [capture_arn, data_arn, *label_buckets], write=True)
+    if sns_topic_arn:
+        statements.append(_statement("PublishAlerts", ["sns:Publish"], [sns_topic_arn]))
+    return _document(statements)
