@@ -21,6 +21,9 @@ What it cannot judge, so this suite cannot either:
 - DeleteObjects (batch) is judged as s3:DeleteObject on the bucket ARN; CopyObject's source read is
   not checked; ListObjectVersions is `s3:ListBucketVersions`; SCPs, boundaries, session policies;
 - IRSA itself: the web-identity token exchange and the role's trust policy (static keys stand in).
+Emulated on top of moto: presigned (query-string signed) S3 URLs, which its enforcement cannot read
+(it needs an Authorization header), are judged as AWS judges them: as the signing key's user, after
+checking expiry (the signature itself is not recomputed). The tracking server hands such URLs out.
 
 `python -m tests.contract.iam -H 127.0.0.1 -p PORT` is moto's server with an audit: every
 authorization decision (principal, action, resource, outcome) is appended to `$MLOPS_IAM_AUDIT`.
@@ -73,6 +76,7 @@ class Decision:
     action: str
     resource: str
     outcome: str  # "allowed", "denied", or the error class (InvalidAccessKeyId, SignatureDoesNotMatch, ...)
+    via: str = ""  # "presigned" for a URL the principal signed and another process used
 
     @property
     def user(self) -> str:
@@ -195,43 +199,90 @@ def _user(iam: Any, name: str, documents: list[dict[str, Any]], managed: tuple[s
 
 
 def _install_audit(path: Path) -> None:
-    """Record each authorization decision; decisions themselves are moto's, unchanged."""
+    """Record each authorization decision (moto's own), and judge presigned S3 URLs as their signer."""
     import threading
 
     from moto.core.authorization import ActionAuthenticatorMixin
-    from moto.iam.access_control import IAMRequestBase
+    from moto.iam.access_control import IAMRequestBase, S3IAMRequest
 
     lock = threading.Lock()
 
-    def record(principal: str, action: str, resource: str, outcome: str) -> None:
-        line = json.dumps({"principal": principal, "action": action, "resource": resource, "outcome": outcome})
+    def record(principal: str, action: str, resource: str, outcome: str, via: str = "") -> None:
+        line = json.dumps({"principal": principal, "action": action, "resource": resource, "outcome": outcome,
+                           "via": via})
         with lock, path.open("a") as handle:
             handle.write(line + "\n")
 
     check = IAMRequestBase.check_action_permitted
 
     def audited_check(self: Any, resource: str) -> None:
+        via = "presigned" if getattr(self, "presigned", False) else ""
         try:
             check(self, resource)
         except Exception as exc:
-            record(self._access_key.arn, self._action, resource, "denied")
+            record(self._access_key.arn, self._action, resource, "denied", via)
             exc.audited = True  # type: ignore[attr-defined]
             raise
-        record(self._access_key.arn, self._action, resource, "allowed")
+        record(self._access_key.arn, self._action, resource, "allowed", via)
 
     authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 
     def audited_authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
         try:
-            authorize(self, iam_request_cls, resource)
+            if iam_request_cls is S3IAMRequest and _presigned(self):
+                _authorize_presigned(self, resource)
+            else:
+                authorize(self, iam_request_cls, resource)
         except Exception as exc:  # an unknown key or a bad signature never reaches the permission check
             if not getattr(exc, "audited", False):
-                key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
-                record(key.group(1) if key else "unsigned", str(self._get_action()), resource, type(exc).__name__)
+                query = self.querystring.get("X-Amz-Credential") or self.querystring.get("AWSAccessKeyId") or [""]
+                signer = self.headers.get("Authorization") or f"Credential={query[0]}/"
+                key = re.search(r"Credential=([^/]+)/", signer)
+                record(key.group(1) if key and key.group(1) else "unsigned", str(self._get_action()), resource,
+                       type(exc).__name__)
             raise
 
     IAMRequestBase.check_action_permitted = audited_check  # type: ignore[method-assign]
     ActionAuthenticatorMixin._authenticate_and_authorize_action = audited_authorize  # type: ignore[method-assign]
+
+
+def _presigned(response: Any) -> bool:
+    """A query-string-signed (presigned) S3 request while enforcing: moto would fail on its missing header."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    enforcing = ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+    signed = "X-Amz-Credential" in response.querystring or "AWSAccessKeyId" in response.querystring  # SigV4, V2
+    return enforcing and "Authorization" not in response.headers and signed
+
+
+def _authorize_presigned(response: Any, resource: str) -> None:
+    """AWS judges a presigned URL as the identity that signed it: the key in X-Amz-Credential, its policies.
+
+    Emulated: the key must exist, the URL must not have expired, the signer's policies must allow the
+    action on the resource. Not emulated: the signature itself is not recomputed."""
+    from datetime import UTC, datetime, timedelta
+
+    from moto.iam.access_control import S3IAMRequest
+    from moto.s3.exceptions import S3AccessDeniedError
+
+    query = {k: v[0] for k, v in response.querystring.items()}
+    if "X-Amz-Credential" in query:  # SigV4: signed at X-Amz-Date, valid X-Amz-Expires seconds
+        credential = query["X-Amz-Credential"]
+        signed = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        expires = signed + timedelta(seconds=int(query.get("X-Amz-Expires", "0")))
+    else:  # SigV2: valid until the Expires epoch
+        credential = f"{query['AWSAccessKeyId']}/00000000/{response.region}/s3/aws4_request"
+        expires = datetime.fromtimestamp(int(query["Expires"]), UTC)
+    if datetime.now(UTC) > expires:
+        raise S3AccessDeniedError()  # AWS: "Request has expired"
+    headers = {k: v for k, v in response.headers.items()}
+    headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host"
+    request = S3IAMRequest(account_id=response.current_account, method=response.method, path=response.raw_path,
+                           data=response.data, body=response.raw_body, headers=headers,
+                           action=response._get_action())
+    request.presigned = True  # type: ignore[attr-defined]
+    request.check_action_permitted(resource)
 
 
 if __name__ == "__main__":

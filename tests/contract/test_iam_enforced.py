@@ -83,6 +83,19 @@ class Enforced:
         keys = self.credentials[account]
         return self.server.client(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"], service=service)
 
+    def presigned_get(self, account: str | None, bucket: str, key: str) -> Any:
+        """GET through a URL the account signed (SigV4, as the tracking server signs them), sent unsigned."""
+        import boto3
+        import httpx
+        from botocore.config import Config
+
+        keys = self.credentials[account] if account else dict(zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+                                                                  self.server.admin_keys, strict=True))
+        s3 = boto3.client("s3", endpoint_url=self.server.url, region_name="us-east-1",
+                          aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+                          config=Config(signature_version="s3v4"))
+        return httpx.get(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=60))
+
 
 @dataclass
 class HappyPath:
@@ -219,7 +232,8 @@ def usage_report(roles: dict[str, IrsaRole], decisions: list[Decision]) -> list[
         mine = [d for d in decisions if d.user == role.user and d.outcome == "allowed"]
         used: dict[str, int] = {}
         for d in mine:
-            key = f"{d.action} {'/'.join(d.resource.removeprefix('arn:aws:s3:::').split('/')[:3])}"
+            key = f"{d.action} {'/'.join(d.resource.removeprefix('arn:aws:s3:::').split('/')[:3])}" + \
+                (f" ({d.via})" if d.via else "")
             used[key] = used.get(key, 0) + 1
         lines.append(f"[{account}] {role.role}: {len(mine)} allowed requests")
         lines += [f"  used   {key} x{count}" for key, count in sorted(used.items())]
@@ -253,9 +267,25 @@ def grants_as_rendered(role: IrsaRole) -> list[tuple[str, str, str]]:
             for a in _list(s["Action"]) for r in _list(s["Resource"])]
 
 
+def test_presigned_urls_are_judged_as_their_signer(enforced: Enforced) -> None:
+    """The tracking server hands out presigned URLs (pods download models with them). moto's enforcement
+    cannot read them; the audited server judges them as AWS does: as the signer, within its grants."""
+    admin = enforced.client()
+    artifact, data = enforced.buckets["artifact"], enforced.buckets["data"]
+    admin.put_object(Bucket=artifact, Key="mlflow/1/contract-denial/artifacts/MLmodel", Body=b"flavors: {}")
+    admin.put_object(Bucket=data, Key="datasets/contract-denial/presigned/data.parquet", Body=b"rows")
+    inside = enforced.presigned_get("mlflow", artifact, "mlflow/1/contract-denial/artifacts/MLmodel")
+    assert inside.status_code == 200 and inside.content == b"flavors: {}", inside.text
+    outside = enforced.presigned_get("mlflow", data, "datasets/contract-denial/presigned/data.parquet")
+    assert outside.status_code == 403 and "AccessDenied" in outside.text, outside.text
+    control = enforced.presigned_get(None, data, "datasets/contract-denial/presigned/data.parquet")
+    assert control.status_code == 200 and control.content == b"rows", control.text
+
+
 # --- the happy path --------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)  # the whole harness flow runs in this test's setup
 def test_happy_path_of_every_workload_has_zero_access_denied(enforced: Enforced, happy_path: HappyPath) -> None:
     refused = [d for d in happy_path.decisions if d.outcome != "allowed"]
     assert not refused, "IAM refused requests of the happy path:\n" + "\n".join(
@@ -281,6 +311,7 @@ def delivered_alerts(enforced: Enforced) -> list[dict[str, Any]]:
     return [a for a in found if isinstance(a, dict)]
 
 
+@pytest.mark.timeout(1200)
 def test_every_rendered_grant_is_used_by_the_happy_path(happy_path: HappyPath) -> None:
     """Least privilege the happy path proves sufficient: a grant nobody used is one too many."""
     assert happy_path.failure is None, "the happy path failed; see its test"
@@ -289,6 +320,7 @@ def test_every_rendered_grant_is_used_by_the_happy_path(happy_path: HappyPath) -
         "\n\nfull usage:\n" + "\n".join(happy_path.report)
 
 
+@pytest.mark.timeout(1200)
 def test_kms_grants_match_the_s3_calls_of_the_happy_path(enforced: Enforced, rendered: RenderResult,
                                                           happy_path: HappyPath) -> None:
     """moto never calls KMS for SSE-KMS buckets: judged here from the S3 calls each role made."""
