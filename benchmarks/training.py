@@ -107,8 +107,8 @@ def measure_quickstart(quick: bool) -> dict:
     from rich.console import Console
 
     import workloads  # noqa: F401
-    from workloads.devstack.stack import LocalStack
     from workloads.devstack.quickstart import Sizes, run
+    from workloads.devstack.stack import LocalStack
 
     sizes = Sizes(train_rows=1500, window_rows=300, rows_per_request=15) if quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp, open(os.devnull, "w") as quiet:

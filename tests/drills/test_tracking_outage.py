@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from tests.drills.conftest import tiny_spec
-from workloads.devstack.stack import LocalStack
 from workloads.data.sample import generate
+from workloads.devstack.stack import LocalStack
 from workloads.environment import StackOutputs
 
 pytestmark = pytest.mark.servers

@@ -104,3 +104,12 @@ def test_cli_writes_shifted_unlabelled_data(tmp_path) -> None:
     )
     bad = CliRunner().invoke(app, ["data", "generate", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and ".csv or .parquet" in bad.output
+
+
+def test_writing_to_s3_needs_an_environment() -> None:
+    from workloads.data.sample import write_sample
+    from workloads.errors import UsageError
+    from workloads.settings import GenerateSettings
+
+    with pytest.raises(UsageError, match="needs an environment"):
+        write_sample(GenerateSettings(out="s3://{data_bucket}/incoming/churn.parquet", rows=10), None)

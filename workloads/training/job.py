@@ -74,8 +74,7 @@ class Job:
     """A job's state once its data is prepared and stored: what every later step reads."""
 
     spec: TrainingSpec
-    env: Environment
-    client: Any  # MlflowClient for env
+    client: Any  # MlflowClient for the job's environment
     prep: Prepared
     dataset: DatasetVersion
     lineage: dict[str, str]
@@ -180,7 +179,7 @@ def _stored(spec: TrainingSpec, env: Environment, client: Any, prep: Prepared, s
     if prep.schema_is_new:
         dataset.save_schema(spec.dataset.name, prep.schema, env)
     lineage = data_tags(spec, version, prep.task, prep.metric) | code_tags()
-    return Job(spec=spec, env=env, client=client, prep=prep, dataset=version, lineage=lineage,
+    return Job(spec=spec, client=client, prep=prep, dataset=version, lineage=lineage,
                experiment_id=experiment_id(client, spec.experiment_name), started=started)
 
 
