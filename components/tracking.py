@@ -7,6 +7,11 @@ names, and model-version sources restricted to our own locations. The Flask secr
 generated once and shared by all replicas through a Secret. On AWS the pod reaches S3
 through an IRSA role scoped to the artifact bucket and its KMS key.
 
+Before the server starts, an init container migrates the schema under a Postgres advisory lock
+(components/migrations.py), so a new MLflow image never meets an out-of-date database. The server
+runs with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3.17 otherwise starts a job runner and
+seven consumer processes (~2 GB) that this platform does not use, against a 1Gi limit.
+
 Config keys: tracking.replicas, workers, adminUsername, host, tlsSecretName, cpu, memory;
 workloads.image and workloads.imageTag (the image, never `latest`).
 """
@@ -23,6 +28,7 @@ import pulumi_random as random
 
 from components.config import EnvironmentConfig, Secrets
 from components.irsa import OidcProvider, irsa_role, s3_statements, service_account_annotations
+from components.migrations import migration_container
 from components.security import (
     TELEMETRY_OFF,
     container_security_context,
@@ -143,6 +149,8 @@ class TrackingServer(pulumi.ComponentResource):
             {"name": "MLFLOW_AUTH_ADMIN_USERNAME", "value": cfg.admin_username},
             {"name": "MLFLOW_AUTH_ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "admin-password"}}},
             {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": AUTH_CONFIG_PATH},
+            # No job runner and its seven consumers (~2 GB): nothing here submits MLflow jobs.
+            {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"},
             {"name": "MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX",
              "value": pulumi.Output.from_input(args.artifact_bucket).apply(source_regex)},
             {"name": "HOME", "value": "/tmp"},
@@ -166,7 +174,7 @@ class TrackingServer(pulumi.ComponentResource):
             "--x-frame-options", "DENY",
         ])
         probe = {"httpGet": {"path": "/health", "port": "http"}}
-        image = f"{env.workloads.image}:{env.workloads.image_tag}"
+        image = env.workload_image
         deployment = k8s.apps.v1.Deployment(
             f"{name}",
             metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
@@ -184,6 +192,8 @@ class TrackingServer(pulumi.ComponentResource):
                         "topologySpreadConstraints": [{
                             "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": LABELS}}],
+                        # The schema is current (or created) before any replica's server verifies it.
+                        "initContainers": [migration_container(image, secret_name, TELEMETRY_OFF)],
                         "containers": [{
                             "name": NAME,
                             "image": image,
