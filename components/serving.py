@@ -7,8 +7,8 @@ arguments are the endpoint's `ServeSettings` rendered by the settings contract
 (workloads/settings.py): listening on every interface, on the port the Service targets.
 Changing `modelVersion` in config changes a pod-template annotation, so the Deployment rolls
 and the new pods resolve the alias again. Endpoints run on the system pool, never on training
-nodes. On AWS the pods get an IRSA role that can read the artifact bucket and write the
-capture bucket, nothing else (components/workload_iam.py).
+nodes. On AWS the pods get an IRSA role that can write `captures/*` of the capture bucket,
+nothing else: models are loaded through the tracking server (components/workload_iam.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ServingArgs:
     env: EnvironmentConfig
     namespace: pulumi.Input[str]
     contract: ContractValues
-    artifact_bucket_arn: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]  # not granted: models are loaded through the tracking server
     capture_bucket_arn: pulumi.Input[str]
     oidc: OidcProvider | None = None
 
@@ -98,8 +98,8 @@ class Serving(pulumi.ComponentResource):
     def _account(self, name: str, args: ServingArgs) -> k8s.core.v1.ServiceAccount:
         role = None
         if args.oidc is not None:
-            policy = pulumi.Output.all(args.artifact_bucket_arn, args.capture_bucket_arn,
-                                       args.contract.kms_key_arn).apply(lambda v: serving_policy(v[0], v[1], v[2]))
+            policy = pulumi.Output.all(args.capture_bucket_arn, args.contract.kms_key_arn).apply(
+                lambda v: serving_policy(v[0], v[1]))
             role = irsa_role(f"{name}-irsa", args.env, args.oidc, args.env.namespace, ACCOUNT, policy, parent=self)
         return k8s.core.v1.ServiceAccount(
             f"{name}-sa",

@@ -5,13 +5,16 @@ role's `Resource` and the keys a workload uses cannot drift apart. The buckets s
 key and use S3 Bucket Keys, whose encryption context is the bucket ARN: each role may use the
 key only for the buckets it works with (`kms:EncryptionContext:aws:s3:arn`).
 
-- serving: reads the artifact bucket (models), writes `captures/*` of the capture bucket;
+Artifacts never need a workload grant: the tracking server proxies them (`--serve-artifacts`,
+components/tracking.py), so training logs and serving loads models through it.
+- serving: writes `captures/*` of the capture bucket, nothing else;
 - training: reads the data bucket and writes its `datasets/*` (the dataset version a run trained
-  on); reads the retraining data the monitor leaves under `monitoring/*/retrain/*`. No artifact
-  bucket: the tracking server proxies artifacts (`--serve-artifacts`, components/tracking.py);
-- monitoring: reads `captures/*`, each endpoint's labels source and `datasets/*` (the reference);
-  reads and writes only `monitoring/*` (lock, cooldown record, retraining data, cached reference
-  profiles); publishes to the configured SNS topic.
+  on); reads the retraining data the monitor leaves under `monitoring/*/retrain/*`;
+- monitoring: lists and reads `captures/*` and each endpoint's labels source, reads `datasets/*`
+  (the reference); reads and writes only `monitoring/*` (lock, cooldown record, retraining data,
+  cached reference profiles); publishes to the configured SNS topic.
+No object versions are read (`s3:GetObjectVersion`): every workload reads current objects.
+tests/contract/test_iam_enforced.py runs the workloads under exactly these policies.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import urlparse
 from workloads import layout
 
 LIST = ["s3:ListBucket", "s3:GetBucketLocation"]
-READ = ["s3:GetObject", "s3:GetObjectVersion"]
+READ = ["s3:GetObject"]
 WRITE = ["s3:PutObject", "s3:AbortMultipartUpload"]
 
 
@@ -51,17 +54,17 @@ def _document(statements: list[dict[str, Any]]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
-def serving_policy(artifact_arn: str, capture_arn: str, key_arn: str | None) -> str:
+def serving_policy(capture_arn: str, key_arn: str | None) -> str:
     return _document([
-        _statement("ListBuckets", LIST, [artifact_arn, capture_arn]),
-        _statement("ReadModels", READ, [_objects(artifact_arn, "")]),
         _statement("WriteCaptures", WRITE, [_objects(capture_arn, layout.CAPTURES)]),
-        *_kms(key_arn, [artifact_arn, capture_arn], write=True),
+        *_kms(key_arn, [capture_arn], write=True),
     ])
 
 
 def training_policy(data_arn: str, capture_arn: str, key_arn: str | None) -> str:
     return _document([
+        # On AWS a missing key is 404 only with ListBucket (else 403): `mlops train` checks which
+        # dataset versions and schemas exist before storing them.
         _statement("ListData", LIST, [data_arn]),
         _statement("ReadData", READ, [_objects(data_arn, "")]),
         # `mlops train` stores the exact dataset it trained on under datasets/<name>/<digest>/.
@@ -92,7 +95,8 @@ def monitoring_policy(capture_arn: str, data_arn: str, key_arn: str | None, labe
     sources = [LabelsSource(uri) for uri in labels]
     label_buckets = [s.bucket_arn for s in sources]
     statements = [
-        _statement("ListBuckets", LIST, [capture_arn, data_arn, *label_buckets]),
+        # The window and the labels are listed by prefix; the reference is read by its exact key.
+        _statement("ListBuckets", LIST, [capture_arn, *label_buckets]),
         _statement("ReadCapturesAndReference", READ, [
             _objects(capture_arn, layout.CAPTURES), _objects(capture_arn, layout.MONITORING),
             _objects(data_arn, layout.DATASETS)]),
