@@ -49,16 +49,25 @@ def env(local_stack: StackOutputs, tmp_path: Path) -> Environment:
     return Environment(local_stack, tmp_path)
 
 
+@pytest.fixture
+def pushed(monkeypatch: pytest.MonkeyPatch) -> list:
+    """What the monitor hands to the Pushgateway exporter (export.py has its own tests)."""
+    calls: list = []
+    monkeypatch.setattr("workloads.monitoring.monitor.push_run", lambda result, **kw: calls.append((result, kw)))
+    return calls
+
+
 @pytest.fixture(scope="module")
 def champion(local_stack: StackOutputs, stack_env: Environment) -> dict:
-    from workloads.training.job import TrainingSpec, train
+    from workloads.training.job import train
+    from workloads.training.spec import TrainingSpec
 
     spec = TrainingSpec.parse({
         "name": MODEL, "dataset": {"name": MODEL}, "target": "churned", "exclude": ["customer_id"],
         "metric": "roc_auc", "models": [{"family": "logistic_regression", "search_space": {"C": [1.0]}}],
         "search": {"n_iter": 1, "cv": 2}, "seed": 3,
     })
-    result = train(spec, local_stack, data=generate(1500, seed=1), progress=False)
+    result = train(spec, stack_env, data=generate(1500, seed=1), progress=False)
     assert result.decision == "champion"
     import mlflow
 
@@ -101,7 +110,7 @@ def _run_tags(env: Environment, run_id: str) -> tuple[str, dict[str, str]]:
     return run.info.status, run.data.tags
 
 
-def test_no_drift_means_no_alert_and_no_retraining(env, champion, tmp_path) -> None:
+def test_no_drift_means_no_alert_and_no_retraining(env, champion, tmp_path, pushed) -> None:
     steady = generate(400, seed=21)
     labels = capture(env, "steady", steady, champion["model"], champion["version"], labels_dir=tmp_path)
     before = _versions(env)
@@ -122,6 +131,7 @@ def test_no_drift_means_no_alert_and_no_retraining(env, champion, tmp_path) -> N
         summary = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/summary.json"))
     assert "data:image/png;base64," in html and "tenure_months" in html
     assert summary["status"] == "ok" and summary["model_version"] == champion["version"]
+    assert [r.run_id for r, _ in pushed] == [result.run_id]  # a completed run's figures are pushed
 
 
 def test_reference_profiles_are_cached_where_the_monitor_may_write(env, champion) -> None:
@@ -165,7 +175,7 @@ def test_drift_alerts_and_retrains_exactly_once_within_cooldown(env, champion, t
     assert _versions(env) == before + 1
 
 
-def test_a_failure_while_acting_ends_the_run_failed(local_stack, champion, tmp_path) -> None:
+def test_a_failure_while_acting_ends_the_run_failed(local_stack, champion, tmp_path, pushed) -> None:
     """The act step (alert, retrain) runs inside the run: its failure marks the run FAILED, not RUNNING."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -179,6 +189,7 @@ def test_a_failure_while_acting_ends_the_run_failed(local_stack, champion, tmp_p
     assert runs[0].data.tags["mlops.monitor.state"] == "failed"
     assert runs[0].data.tags["mlops.monitor.error"] == str(caught.value)
     assert "mlops.monitor.status" not in runs[0].data.tags
+    assert pushed == []  # nothing pushed: "not run lately" is what a failing monitor looks like
 
 
 def test_two_concurrent_monitors_retrain_once(env, local_workdir, champion, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ from workloads.monitoring.result import MonitorError, MonitorResult
 from workloads.monitoring.run import experiment_id, monitoring_run
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+NO_LINK = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 class Client:
@@ -39,6 +41,7 @@ class Client:
         if self.broken:
             raise ConnectionError("tracking server down")
         self.status = status
+        self.links_suppressed = os.environ.get(NO_LINK) == "true"  # else MLflow prints a link to stdout
 
     def log_text(self, run_id, text, name):
         self.texts[name] = text
@@ -49,12 +52,14 @@ def _result() -> MonitorResult:
                          window={"rows": 0}, run_id="r1", experiment="monitoring/e")
 
 
-def test_a_completed_block_ends_finished_with_its_status_and_summary() -> None:
+def test_a_completed_block_ends_finished_with_its_status_and_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(NO_LINK, raising=False)
     client = Client()
     with monitoring_run(client, "e", NOW, s3_endpoint=None) as run:
         run.result = _result()
     assert client.status == "FINISHED" and client.tags["mlops.monitor.status"] == "ok"
     assert client.tags["mlops.monitor.state"] == "complete" and "summary.json" in client.texts
+    assert client.links_suppressed and NO_LINK not in os.environ  # `--json` stays JSON; the process is restored
 
 
 def test_any_exception_in_the_block_ends_the_run_failed() -> None:

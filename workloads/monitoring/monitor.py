@@ -9,6 +9,7 @@ act: alert on drift, decay or integrity failure (alerts.py; into the environment
   when no webhook or SNS topic is set); retrain on drift or decay (retrain.py).
 Both steps run inside `monitoring_run` (run.py): the run ends FINISHED with its status only
 when both complete; any exception in either ends it FAILED and raises `MonitorError`.
+A completed run's figures then go to the Pushgateway when one is configured (export.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from workloads.environment import Environment
 from workloads.monitoring.alerts import send_alert
 from workloads.monitoring.drift import DriftReport, DriftThresholds, compare
+from workloads.monitoring.export import push_run
 from workloads.monitoring.labels import labelled_rows, load_labels
 from workloads.monitoring.performance import performance
 from workloads.monitoring.profile import ReferenceProfile
@@ -61,6 +63,8 @@ def monitor(settings: MonitorSettings, env: Environment, *, now: datetime | None
             seen = observe(settings, env, run, now)
             act(seen, settings, env)
             run.result = seen.result
+    # Only a completed run is pushed: a missing push is what the "monitor not running" alert sees.
+    push_run(seen.result, namespace=env.outputs.namespace)
     return seen.result
 
 

@@ -18,7 +18,7 @@ def performance(
     """The champion's metric on `labelled` (window rows with a `label`), or why there is none."""
     import mlflow
 
-    from workloads.training.job import METRICS, score
+    from workloads.training.metrics import METRICS, score
 
     metric_name, holdout = champ.tags.get("mlops.metric"), champ.tags.get("mlops.metric.value")
     if len(labelled) < settings.min_labelled_rows:

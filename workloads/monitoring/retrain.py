@@ -95,7 +95,7 @@ def _train_here(env: Environment, champ: Champion, settings: MonitorSettings, ne
     from workloads.training.job import train
 
     spec, widened = _widened(_spec(champ, settings.retrain_spec), newest, env)
-    result = train(spec, env.outputs, data=newest, progress=False)
+    result = train(spec, env, data=newest, progress=False)
     reason = (f"retrained on {n_reference} reference + {n_labelled} labelled captured rows"
               + (f"; ranges widened: {widened}" if widened else ""))
     return (RetrainOutcome(triggered=True, reason=reason, version=result.version, decision=result.decision,
@@ -108,7 +108,7 @@ def _spec(champ: Champion, retrain_spec: str | None) -> Any:
     import mlflow
     import yaml
 
-    from workloads.training.job import TrainingSpec
+    from workloads.training.spec import TrainingSpec
 
     if retrain_spec is not None:
         return TrainingSpec.from_yaml(retrain_spec)

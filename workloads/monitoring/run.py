@@ -10,6 +10,7 @@ no status tag, and the error is raised as a `MonitorError`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,14 +47,26 @@ class MonitoringRun:
             log.error("could not store summary.json for run %s: %s", self.run_id, exc)
         self.client.set_tag(self.run_id, "mlops.monitor.state", "complete")
         self.client.set_tag(self.run_id, "mlops.monitor.status", self.result.status)
-        self.client.set_terminated(self.run_id, "FINISHED")
+        self._terminate("FINISHED")
+
+    def _terminate(self, status: str) -> None:
+        """End the run without the link MlflowClient.set_terminated prints to stdout (it would corrupt
+        `mlops monitor --json`); MLflow reads this variable on each call and has no other switch."""
+        from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT as NO_LINK
+
+        saved = os.environ.get(NO_LINK.name)
+        NO_LINK.set("true")
+        try:
+            self.client.set_terminated(self.run_id, status)
+        finally:
+            NO_LINK.unset() if saved is None else NO_LINK.set(saved)
 
     def _fail(self, message: str, status: str) -> None:
         """Best effort: when the tracking server is what failed, the original error still gets out."""
         try:
             self.client.set_tag(self.run_id, "mlops.monitor.state", "failed")
             self.client.set_tag(self.run_id, "mlops.monitor.error", message[:MAX_TAG])
-            self.client.set_terminated(self.run_id, status)
+            self._terminate(status)
         except Exception as exc:
             log.error("could not mark monitoring run %s %s: %s", self.run_id, status, exc)
 
