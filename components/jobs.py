@@ -28,7 +28,6 @@ references. IRSA policies: components/workload_iam.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -36,9 +35,9 @@ import pulumi_kubernetes as k8s
 
 from components.cluster import POOL_LABEL, TRAINING_TAINT_KEY
 from components.config import ConfigError, EnvironmentConfig, ServingEndpoint, TrainingJob
-from components.irsa import OidcProvider, irsa_role, service_account_annotations
-from components.podenv import ContractValues, configmap_contract, contract_configmap_data
-from components.pods import Container, PodBuilder, WorkloadPod, pod_builder, system_placement
+from components.irsa import irsa_role, service_account_annotations
+from components.podenv import configmap_contract, contract_configmap_data
+from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
 from components.security import resources
 from components.tracking import CLIENT_LABEL
 from components.workload_iam import monitoring_policy, training_policy
@@ -57,15 +56,7 @@ PART_OF = {"app.kubernetes.io/part-of": "mlops-platform"}
 SHARD_INDEX = {"shard": "$(JOB_COMPLETION_INDEX)"}
 
 
-@dataclass(frozen=True)
-class JobsArgs:
-    env: EnvironmentConfig
-    namespace: pulumi.Input[str]
-    contract: ContractValues
-    data_bucket_arn: pulumi.Input[str]
-    artifact_bucket_arn: pulumi.Input[str]  # not granted: training's artifacts go through the tracking server
-    capture_bucket_arn: pulumi.Input[str]
-    oidc: OidcProvider | None = None
+JobsArgs = WorkloadArgs  # needs data_bucket_arn; training's artifacts go through the tracking server
 
 
 def training_template_name(job: TrainingJob) -> str:
@@ -147,6 +138,8 @@ class Jobs(pulumi.ComponentResource):
         if not env.workloads.training and not env.serving.endpoints:
             self.register_outputs({})
             return
+        if args.data_bucket_arn is None:
+            raise ValueError("Jobs needs data_bucket_arn: training reads the data bucket")
         self._args = args
         self._pods = pod_builder(env, configmap_contract(args.contract, CONTRACT_CONFIGMAP))
         k8s.core.v1.ConfigMap(

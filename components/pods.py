@@ -17,12 +17,26 @@ import pulumi
 
 from components.cluster import POOL_LABEL
 from components.config import EnvironmentConfig
-from components.podenv import ContractEnv
+from components.irsa import OidcProvider
+from components.podenv import ContractEnv, ContractValues
 from components.security import container_security_context, pod_security_context, scratch_volume
 
 SCRATCH = "/tmp"
 # MLOPS_WORKDIR: where a workload keeps files (the monitor's alerts.jsonl, local state); the CLI reads it.
 WORKDIR = f"{SCRATCH}/mlops"
+
+
+@dataclass(frozen=True)
+class WorkloadArgs:
+    """What a workload component (serving, jobs) gets: the environment, the contract, the bucket ARNs."""
+
+    env: EnvironmentConfig
+    namespace: pulumi.Input[str]
+    contract: ContractValues
+    capture_bucket_arn: pulumi.Input[str]
+    data_bucket_arn: pulumi.Input[str] | None = None  # jobs only
+    artifact_bucket_arn: pulumi.Input[str] | None = None  # never granted: artifacts go through the tracking server
+    oidc: OidcProvider | None = None
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,15 @@ nothing else: models are loaded through the tracking server (components/workload
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import EnvironmentConfig, ServingEndpoint
-from components.irsa import OidcProvider, irsa_role, service_account_annotations
-from components.podenv import ContractValues, inline_contract
-from components.pods import Container, PodBuilder, WorkloadPod, pod_builder, system_placement
+from components.irsa import irsa_role, service_account_annotations
+from components.podenv import inline_contract
+from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
 from components.security import resources
 from components.tracking import CLIENT_LABEL, ingress
 from components.workload_iam import serving_policy
@@ -35,14 +34,7 @@ ACCOUNT = "serving"
 PART_OF = {"app.kubernetes.io/part-of": "mlops-platform"}
 
 
-@dataclass(frozen=True)
-class ServingArgs:
-    env: EnvironmentConfig
-    namespace: pulumi.Input[str]
-    contract: ContractValues
-    artifact_bucket_arn: pulumi.Input[str]  # not granted: models are loaded through the tracking server
-    capture_bucket_arn: pulumi.Input[str]
-    oidc: OidcProvider | None = None
+ServingArgs = WorkloadArgs  # models are loaded through the tracking server: no artifact grant
 
 
 def endpoint_url(env: EnvironmentConfig, endpoint: ServingEndpoint) -> str:
