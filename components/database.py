@@ -2,13 +2,15 @@
 
 RDS: encrypted with its own rotating KMS key, in private subnets (a DB subnet group), a
 security group that admits only the cluster's security group on 5432, automated backups,
-and in prod multi-AZ, deletion protection and a final snapshot. In-cluster (ci, local,
+and in prod and staging multi-AZ, deletion protection, a final snapshot and enhanced
+monitoring (OS metrics every 60 s). In prod the instance and its key are protected and retained. In-cluster (ci, local,
 cloud: none): one Postgres pod with a persistent volume and its password in a Secret.
 Either way `Database.uri` is the DSN (a Pulumi secret) the tracking server keeps in its Secret.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -66,9 +68,11 @@ class Database(pulumi.ComponentResource):
         if args.vpc_id is None or args.private_subnet_ids is None or args.cluster_security_group_id is None:
             raise ValueError("an RDS database needs the VPC, private subnets and the cluster security group")
         child = pulumi.ResourceOptions(parent=self)
+        # Retained with the instance it decrypts: a retained database whose key is deleted is lost.
         key = aws.kms.Key(f"{name}-key", description=f"mlops-platform {env.name}: tracking database",
                           enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
-                          opts=pulumi.ResourceOptions(parent=self, protect=env.protect))
+                          opts=pulumi.ResourceOptions(parent=self, protect=env.protect,
+                                                      retain_on_delete=env.retain_on_delete))
         subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.private_subnet_ids, opts=child)
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
@@ -86,6 +90,8 @@ class Database(pulumi.ComponentResource):
             opts=child,
         )
         prod_like = env.deletion_protection
+        interval = env.database_monitoring_interval
+        monitoring_role = self._monitoring_role(name) if interval else None
         instance = aws.rds.Instance(
             f"{name}-postgres",
             identifier_prefix=f"mlops-{env.name}-",
@@ -116,9 +122,21 @@ class Database(pulumi.ComponentResource):
             auto_minor_version_upgrade=True,
             enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
             apply_immediately=not prod_like,
+            monitoring_interval=interval,
+            monitoring_role_arn=monitoring_role.arn if monitoring_role else None,
             opts=pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete),
         )
         return instance.address
+
+    def _monitoring_role(self, name: str) -> aws.iam.Role:
+        """RDS enhanced monitoring publishes OS metrics to CloudWatch Logs through this role."""
+        return aws.iam.Role(
+            f"{name}-monitoring",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"Service": "monitoring.rds.amazonaws.com"},
+                "Action": "sts:AssumeRole"}]}),
+            managed_policy_arns=["arn:aws:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"],
+            opts=pulumi.ResourceOptions(parent=self))
 
     def _in_cluster(self, name: str, args: DatabaseArgs, password: pulumi.Output[str]) -> pulumi.Output[str]:
         env = args.env

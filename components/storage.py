@@ -3,7 +3,11 @@
 On AWS: three S3 buckets sharing one customer-managed KMS key. Each bucket is
 versioned, SSE-KMS encrypted, fully private (all four public-access blocks and
 BucketOwnerEnforced), TLS-only by policy, and cleans up noncurrent versions and
-abandoned multipart uploads.
+abandoned multipart uploads; inference capture expires after `storage.captureRetentionDays`.
+In prod every bucket setting is protected and retained with the bucket and its key (a removed
+encryption or public-access block would silently weaken retained data). With
+`storage.accessLogs` (prod and staging), S3 server access logs go to a log bucket (SSE-S3: S3's
+log delivery cannot write with a KMS key), kept `storage.accessLogDays`.
 
 With `cloud: none`: an in-cluster MinIO (persistent volume, generated credentials in a
 Secret, a Job that creates the buckets with versioning) so workloads see the same S3 API.
@@ -78,6 +82,9 @@ class Storage(pulumi.ComponentResource):
                       opts=pulumi.ResourceOptions(parent=self))
 
         buckets = {role: self._aws_bucket(f"{name}-{role}", env, key, stateful) for role in BUCKET_ROLES}
+        self._capture_expiry(f"{name}-capture", env, buckets["capture"], stateful)
+        if env.access_logs:
+            self._access_logs(name, env, buckets, stateful)
         self.data_bucket = buckets["data"].bucket
         self.artifact_bucket = buckets["artifacts"].bucket
         self.capture_bucket = buckets["capture"].bucket
@@ -88,7 +95,7 @@ class Storage(pulumi.ComponentResource):
 
     def _aws_bucket(self, name: str, env: EnvironmentConfig, key: aws.kms.Key,
                     stateful: pulumi.ResourceOptions) -> aws.s3.Bucket:
-        child = pulumi.ResourceOptions(parent=self)
+        child = stateful  # a bucket's settings are kept exactly as long as the bucket
         bucket = aws.s3.Bucket(name, force_destroy=env.force_destroy, opts=stateful)
 
         aws.s3.BucketVersioning(
@@ -127,30 +134,49 @@ class Storage(pulumi.ComponentResource):
             bucket=bucket.id,
             policy=bucket.arn.apply(tls_only_policy),
             # S3 rejects a policy while the public-access block is being changed.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access]),
+            opts=pulumi.ResourceOptions.merge(stateful, pulumi.ResourceOptions(depends_on=[public_access])),
         )
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle",
-            bucket=bucket.id,
-            rules=[
-                {
-                    "id": "expire-noncurrent-versions",
-                    "status": "Enabled",
-                    "filter": {},
-                    "noncurrent_version_expiration": {"noncurrent_days": env.storage.noncurrent_version_days},
-                },
-                {
-                    "id": "abort-incomplete-multipart-uploads",
-                    "status": "Enabled",
-                    "filter": {},
-                    "abort_incomplete_multipart_upload": {
-                        "days_after_initiation": env.storage.abort_multipart_days
-                    },
-                },
-            ],
-            opts=child,
-        )
+        if not name.endswith("-capture"):  # the capture bucket's lifecycle adds its expiry (_capture_expiry)
+            aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", bucket=bucket.id, rules=lifecycle_rules(env),
+                                                opts=child)
         return bucket
+
+    def _capture_expiry(self, name: str, env: EnvironmentConfig, bucket: aws.s3.Bucket,
+                        stateful: pulumi.ResourceOptions) -> None:
+        """Inference capture holds request payloads: kept `storage.captureRetentionDays`, then expired."""
+        aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", bucket=bucket.id, rules=[
+            *lifecycle_rules(env),
+            {"id": "expire-captures", "status": "Enabled", "filter": {"prefix": "captures/"},
+             "expiration": {"days": env.storage.capture_retention_days}},
+        ], opts=stateful)
+
+    def _access_logs(self, name: str, env: EnvironmentConfig, buckets: dict[str, aws.s3.Bucket],
+                     stateful: pulumi.ResourceOptions) -> None:
+        """A log bucket for S3 server access logs of the three buckets (who read or wrote which object)."""
+        logs = aws.s3.Bucket(f"{name}-access-logs", force_destroy=env.force_destroy, opts=stateful)
+        aws.s3.BucketVersioning(f"{name}-access-logs-versioning", bucket=logs.id,
+                                versioning_configuration={"status": "Enabled"}, opts=stateful)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-access-logs-encryption", bucket=logs.id,
+            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}], opts=stateful)
+        block = aws.s3.BucketPublicAccessBlock(
+            f"{name}-access-logs-public-access", bucket=logs.id, block_public_acls=True, block_public_policy=True,
+            ignore_public_acls=True, restrict_public_buckets=True, opts=stateful)
+        aws.s3.BucketOwnershipControls(f"{name}-access-logs-ownership", bucket=logs.id,
+                                       rule={"object_ownership": "BucketOwnerEnforced"}, opts=stateful)
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+        aws.s3.BucketPolicy(
+            f"{name}-access-logs-policy", bucket=logs.id,
+            policy=pulumi.Output.all(logs.arn, account).apply(lambda v: access_log_policy(v[0], v[1])),
+            opts=pulumi.ResourceOptions.merge(stateful, pulumi.ResourceOptions(depends_on=[block])))
+        aws.s3.BucketLifecycleConfiguration(f"{name}-access-logs-lifecycle", bucket=logs.id, rules=[
+            {"id": "expire-access-logs", "status": "Enabled", "filter": {},
+             "expiration": {"days": env.storage.access_log_days},
+             "noncurrent_version_expiration": {"noncurrent_days": 1}},
+        ], opts=stateful)
+        for role, bucket in buckets.items():
+            aws.s3.BucketLogging(f"{name}-{role}-logging", bucket=bucket.id, target_bucket=logs.id,
+                                 target_prefix=f"{role}/", opts=stateful)
 
     # --- cloud: none ----------------------------------------------------------------------
 
@@ -258,6 +284,29 @@ class Storage(pulumi.ComponentResource):
         self.kms_key_arn = None
         self.s3_endpoint = endpoint
         self.credentials_secret = credentials.metadata["name"]
+
+
+def lifecycle_rules(env: EnvironmentConfig) -> list[dict[str, object]]:
+    return [
+        {"id": "expire-noncurrent-versions", "status": "Enabled", "filter": {},
+         "noncurrent_version_expiration": {"noncurrent_days": env.storage.noncurrent_version_days}},
+        {"id": "abort-incomplete-multipart-uploads", "status": "Enabled", "filter": {},
+         "abort_incomplete_multipart_upload": {"days_after_initiation": env.storage.abort_multipart_days}},
+    ]
+
+
+def access_log_policy(bucket_arn: str, account: str) -> str:
+    """TLS only, and S3's log delivery may write here only for buckets of our account (by source account,
+    not source ARNs: those would make this policy depend on every bucket it logs)."""
+    tls = json.loads(tls_only_policy(bucket_arn))["Statement"]
+    return json.dumps({"Version": "2012-10-17", "Statement": [*tls, {
+        "Sid": "S3ServerAccessLogs",
+        "Effect": "Allow",
+        "Principal": {"Service": "logging.s3.amazonaws.com"},
+        "Action": "s3:PutObject",
+        "Resource": f"{bucket_arn}/*",
+        "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+    }]})
 
 
 def tls_only_policy(bucket_arn: str) -> str:

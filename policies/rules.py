@@ -15,7 +15,10 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
+
+from components import eks_versions
 
 Report = Callable[..., None]
 
@@ -47,6 +50,11 @@ def stack_of(urn: str) -> str:
 
 def is_prod(urn: str) -> bool:
     return re.fullmatch(r"prod(-[a-z0-9-]+)?", stack_of(urn)) is not None
+
+
+def is_prod_shaped(urn: str) -> bool:
+    """prod and staging (staging is held to prod's shape)."""
+    return is_prod(urn) or re.fullmatch(r"staging(-[a-z0-9-]+)?", stack_of(urn)) is not None
 
 
 def _truthy(value: Any) -> bool:
@@ -133,6 +141,81 @@ def rds_encrypted_and_protected(args: Any, report: Report) -> None:
 def stateful_protected_in_prod(args: Any, report: Report) -> None:
     if args.resource_type in STATEFUL_TYPES and is_prod(args.urn) and not args.opts.protect:
         report(f"prod {args.resource_type.rsplit(':', 1)[1]} {args.name} must be protected (protect=True)")
+
+
+# Hold or decrypt prod data besides the stateful types: keys, logs, images, and every bucket setting.
+PROD_KEPT_TYPES = {"aws:kms/key:Key", "aws:cloudwatch/logGroup:LogGroup", "aws:ecr/repository:Repository"} | {
+    f"aws:s3/{t}" for t in ("bucketVersioning:BucketVersioning", "bucketPolicy:BucketPolicy",
+                            "bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+                            "bucketPublicAccessBlock:BucketPublicAccessBlock", "bucketLogging:BucketLogging",
+                            "bucketOwnershipControls:BucketOwnershipControls",
+                            "bucketLifecycleConfiguration:BucketLifecycleConfiguration")}
+
+
+def prod_keys_and_logs_protected(args: Any, report: Report) -> None:
+    if args.resource_type in PROD_KEPT_TYPES and is_prod(args.urn) and not args.opts.protect:
+        report(f"prod {args.resource_type.rsplit(':', 1)[1]} {args.name} holds or decrypts prod data: "
+               "protect (and retain) it like the data")
+
+
+def rds_enhanced_monitoring_in_prod(args: Any, report: Report) -> None:
+    if args.resource_type == "aws:rds/instance:Instance" and is_prod(args.urn):
+        if not args.props.get("monitoringInterval") or not args.props.get("monitoringRoleArn"):
+            report("prod RDS needs enhanced monitoring (monitoringInterval > 0 and a monitoringRoleArn)")
+
+
+# --- EKS: a supported version, explicit access, enforced network policies ----------------
+
+def eks_supported_version(args: Any, report: Report) -> None:
+    """The version is in EKS standard support today (components/eks_versions.py), on the STANDARD policy."""
+    if args.resource_type != "aws:eks/cluster:Cluster":
+        return
+    problem = eks_versions.support_problem(str(args.props.get("version")), date.today())
+    if problem:
+        report(f"EKS version {args.props.get('version')!r} {problem}")
+    if (args.props.get("upgradePolicy") or {}).get("supportType") != "STANDARD":
+        report("EKS upgradePolicy.supportType must be STANDARD (no silent, paid extended support)")
+
+
+def eks_explicit_access(args: Any, report: Report) -> None:
+    if args.resource_type != "aws:eks/cluster:Cluster":
+        return
+    access = args.props.get("accessConfig") or {}
+    if access.get("authenticationMode") != "API" or access.get("bootstrapClusterCreatorAdminPermissions") is not False:
+        report("EKS access must be explicit: authenticationMode API and bootstrapClusterCreatorAdminPermissions "
+               "false (access entries in the stack, no permanent creator admin)")
+
+
+def network_policies_enforced(args: Any, report: Report) -> None:
+    """NetworkPolicies on a cluster the stack creates are enforced: the VPC CNI's network policy agent is on."""
+    policies = [r for r in args.resources if r.resource_type == "kubernetes:networking.k8s.io/v1:NetworkPolicy"]
+    if not policies or not any(r.resource_type == "aws:eks/cluster:Cluster" for r in args.resources):
+        return
+    for addon in (r for r in args.resources if r.resource_type == "aws:eks/addon:Addon"):
+        if addon.props.get("addonName") == "vpc-cni":
+            values = _document(addon.props.get("configurationValues"))
+            if str(values.get("enableNetworkPolicy")).lower() == "true":
+                return
+    report(f"{len(policies)} NetworkPolicies but nothing enforces them: the vpc-cni add-on needs "
+           "configurationValues {\"enableNetworkPolicy\": \"true\"}")
+
+
+def ecr_immutable_scanned_encrypted(args: Any, report: Report) -> None:
+    if args.resource_type != "aws:ecr/repository:Repository":
+        return
+    if args.props.get("imageTagMutability") != "IMMUTABLE":
+        report(f"ECR {args.name}: tags must be IMMUTABLE (a deployed tag always names the same image)")
+    if not _truthy((args.props.get("imageScanningConfiguration") or {}).get("scanOnPush")):
+        report(f"ECR {args.name}: scanOnPush must be on")
+    if not any(c.get("encryptionType") == "KMS" for c in _as_list(args.props.get("encryptionConfigurations"))):
+        report(f"ECR {args.name}: images must be encrypted with KMS")
+
+
+def s3_access_logging(args: Any, report: Report) -> None:
+    """In prod and staging every bucket's access is logged (the log bucket is a logging target itself)."""
+    for bucket in _buckets(args):
+        if is_prod_shaped(bucket.urn) and not _attached(bucket, args.resources, "aws:s3/bucketLogging"):
+            report(f"bucket {bucket.name}: no S3 server access logging (add a BucketLogging to the log bucket)")
 
 
 # --- containers -------------------------------------------------------------------------
@@ -243,4 +326,17 @@ RULES: list[Rule] = [
          required_tags, "resource"),
     Rule("iam-no-write-on-star", "No IAM statement grants write actions on Resource '*' or wildcard actions.",
          iam_no_write_on_star, "resource"),
+    Rule("network-policies-enforced", "NetworkPolicies on a cluster the stack creates are enforced (VPC CNI).",
+         network_policies_enforced, "stack"),
+    Rule("eks-supported-version", "EKS runs a version in standard support, on the STANDARD upgrade policy.",
+         eks_supported_version, "resource"),
+    Rule("eks-explicit-access", "EKS access is by access entries only; no permanent creator admin.",
+         eks_explicit_access, "resource"),
+    Rule("prod-keys-and-logs-protected", "Prod keys, logs, images and bucket settings are protected like the data.",
+         prod_keys_and_logs_protected, "resource"),
+    Rule("rds-enhanced-monitoring-in-prod", "Prod RDS has enhanced monitoring.", rds_enhanced_monitoring_in_prod,
+         "resource"),
+    Rule("ecr-immutable-scanned-encrypted", "ECR repositories have immutable tags, scan on push, KMS encryption.",
+         ecr_immutable_scanned_encrypted, "resource"),
+    Rule("s3-access-logging", "Prod and staging buckets log access to a log bucket.", s3_access_logging, "stack"),
 ]

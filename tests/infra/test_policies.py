@@ -59,10 +59,14 @@ def set_input(type_: str, path: list[str], value, name_part: str = "") -> Callab
     return change
 
 
-def unprotect(type_: str) -> Callable[[list[RenderedResource]], None]:
+def unprotect(type_: str, name_part: str = "") -> Callable[[list[RenderedResource]], None]:
     def change(resources: list[RenderedResource]) -> None:
-        first(resources, type_).protect = False
+        first(resources, type_, name_part).protect = False
     return change
+
+
+EKS = "aws:eks/cluster:Cluster"
+RDS = "aws:rds/instance:Instance"
 
 
 def container_of(resources: list[RenderedResource], name: str) -> dict:
@@ -127,6 +131,14 @@ VIOLATIONS = {
     "containers-non-root-limits-pinned": ("local", root_container),
     "aws-required-tags": ("dev", untagged_provider),
     "iam-no-write-on-star": ("staging", star_write),
+    "network-policies-enforced": ("dev", set_input("aws:eks/addon:Addon", ["configurationValues"], None, "vpc-cni")),
+    "eks-supported-version": ("staging", set_input(EKS, ["version"], "1.34")),  # standard support ended 2026-12-02
+    "eks-explicit-access": ("prod", set_input(EKS, ["accessConfig", "bootstrapClusterCreatorAdminPermissions"], True)),
+    "prod-keys-and-logs-protected": ("prod", unprotect("aws:kms/key:Key", "database-key")),
+    "rds-enhanced-monitoring-in-prod": ("prod", set_input(RDS, ["monitoringInterval"], 0)),
+    "ecr-immutable-scanned-encrypted": ("dev", set_input("aws:ecr/repository:Repository", ["imageTagMutability"],
+                                                         "MUTABLE")),
+    "s3-access-logging": ("staging", drop("aws:s3/bucketLogging:BucketLogging", "data")),
 }
 EXTRA_VIOLATIONS = {
     "rds encryption off (any stack)": ("dev", "rds-encrypted-deletion-protected",
@@ -135,6 +147,24 @@ EXTRA_VIOLATIONS = {
     "latest image": ("ci", "containers-non-root-limits-pinned", latest_image),
     "wildcard action": ("prod", "iam-no-write-on-star", wildcard_action),
     "bucket versioning removed": ("local", None, lambda resources: None),  # no AWS buckets: nothing to check
+    "no vpc-cni add-on at all": ("staging", "network-policies-enforced", drop("aws:eks/addon:Addon", "vpc-cni")),
+    "network policy agent off": ("prod", "network-policies-enforced", set_input(
+        "aws:eks/addon:Addon", ["configurationValues"], json.dumps({"enableNetworkPolicy": "false"}), "vpc-cni")),
+    "extended support type": ("dev", "eks-supported-version", set_input(EKS, ["upgradePolicy", "supportType"],
+                                                                         "EXTENDED")),
+    "version with no support dates": ("prod", "eks-supported-version", set_input(EKS, ["version"], "1.36")),
+    "config-map authentication": ("dev", "eks-explicit-access", set_input(EKS, ["accessConfig", "authenticationMode"],
+                                                                           "API_AND_CONFIG_MAP")),
+    "prod bucket setting unprotected": ("prod", "prod-keys-and-logs-protected", unprotect(
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "artifacts")),
+    "prod log group unprotected": ("prod", "prod-keys-and-logs-protected", unprotect(
+        "aws:cloudwatch/logGroup:LogGroup", "cluster-logs")),
+    "prod registry unprotected": ("prod", "prod-keys-and-logs-protected", unprotect("aws:ecr/repository:Repository")),
+    "no scan on push": ("prod", "ecr-immutable-scanned-encrypted", set_input(
+        "aws:ecr/repository:Repository", ["imageScanningConfiguration", "scanOnPush"], False)),
+    "prod bucket without access logs": ("prod", "s3-access-logging", drop("aws:s3/bucketLogging:BucketLogging",
+                                                                          "capture")),
+    "dev has no access logs, and needs none": ("dev", None, lambda resources: None),
 }
 
 
