@@ -8,14 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from workloads.devstack.processes import ProcessRecord, group_members, proc_stat
-from workloads.devstack.servers import BUCKETS
+from workloads.devstack.processes import Processes, ProcessRecord, free_port, group_members, proc_stat
+from workloads.devstack.processes import url as local_url  # `url` is a common local name in these tests
+from workloads.devstack.servers import BUCKETS, create_buckets, healthy, s3_command, server_env
 from workloads.devstack.stack import LocalStack, LocalStackError
 from workloads.environment import Environment, StackOutputs, resolve
 
@@ -151,6 +153,41 @@ def test_unreachable_postgres_fails_fast_without_starting_anything(own_stack: Lo
         own_stack.up(timeout=120)
     assert "secret-pw" not in str(err.value)
     assert not (own_stack.workdir / "pids").exists() or not list((own_stack.workdir / "pids").iterdir())
+
+
+def test_buckets_are_created_in_the_clients_region() -> None:
+    """The stack's S3 client takes the user's AWS_REGION (an Environment's): S3 refuses a bare create there."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="k")
+        create_buckets(s3)
+        create_buckets(s3)  # again: existing buckets are kept
+        assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == set(BUCKETS.values())
+        for bucket in BUCKETS.values():
+            assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+            assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+
+
+def test_down_after_an_unfinished_up_keeps_the_last_snapshot(tmp_path: Path) -> None:
+    """An `up` killed mid-restore leaves S3 running without outputs.json: saving it would drop objects."""
+    saved = {"buckets": {BUCKETS["data_bucket"]: {"datasets/x/data.parquet": {
+        "file": "f" * 64, "etag": '"e"', "content_type": None, "metadata": {}}}}}
+    (tmp_path / "s3" / "objects").mkdir(parents=True)
+    (tmp_path / "s3" / "manifest.json").write_text(json.dumps(saved))
+    (tmp_path / "s3" / "objects" / ("f" * 64)).write_bytes(b"kept")
+    processes, port = Processes(tmp_path), free_port()
+    address = local_url(port)
+    processes.spawn("s3", s3_command(port), port, server_env(address))  # running, empty: nothing restored yet
+    processes.wait_healthy("s3", address, lambda: healthy("s3", address), time.monotonic() + 60)
+
+    stack = LocalStack(tmp_path)
+    stack.down()
+    assert any("never finished starting" in w for w in stack.warnings)
+    assert json.loads((tmp_path / "s3" / "manifest.json").read_text()) == saved
+    assert (tmp_path / "s3" / "objects" / ("f" * 64)).read_bytes() == b"kept"
+    assert not stack.status()["running"]
 
 
 # --- restarts: own stacks -------------------------------------------------------------------
