@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from workloads.devstack.stack import LocalStack
 from workloads.devstack.quickstart import Sizes, run
+from workloads.devstack.stack import LocalStack
 
 pytestmark = pytest.mark.servers
 
