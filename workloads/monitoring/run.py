@@ -59,7 +59,10 @@ class MonitoringRun:
         try:
             self.client.set_terminated(self.run_id, status)
         finally:
-            NO_LINK.unset() if saved is None else NO_LINK.set(saved)
+            if saved is None:
+                NO_LINK.unset()
+            else:
+                NO_LINK.set(saved)
 
     def _fail(self, message: str, status: str) -> None:
         """Best effort: when the tracking server is what failed, the original error still gets out."""
