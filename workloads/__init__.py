@@ -11,3 +11,6 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 # a job fails. Fail within ~30 s instead (still rides out a tracking-server restart); overridable.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+# mlflow prints a link to every run it ends on stdout, which would corrupt `--json` output.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
