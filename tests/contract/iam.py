@@ -24,6 +24,8 @@ What it cannot judge, so this suite cannot either:
 Emulated on top of moto: presigned (query-string signed) S3 URLs, which its enforcement cannot read
 (it needs an Authorization header), are judged as AWS judges them: as the signing key's user, after
 checking expiry (the signature itself is not recomputed). The tracking server hands such URLs out.
+And HeadBucket, which moto judges as `s3:HeadBucket` (no such IAM action), is judged as s3:ListBucket;
+a GET/HEAD of a missing key needs s3:ListBucket on the bucket too (else AWS answers 403, not 404).
 
 `python -m tests.contract.iam -H 127.0.0.1 -p PORT` is moto's server with an audit: every
 authorization decision (principal, action, resource, outcome) is appended to `$MLOPS_IAM_AUDIT`.
@@ -216,7 +218,9 @@ def _install_audit(path: Path) -> None:
     check = IAMRequestBase.check_action_permitted
 
     def audited_check(self: Any, resource: str) -> None:
-        via = "presigned" if getattr(self, "presigned", False) else ""
+        if self._action == "s3:HeadBucket":  # not an IAM action: AWS authorizes HeadBucket as s3:ListBucket
+            self._action = "s3:ListBucket"
+        via = "presigned" if getattr(self, "presigned", False) else "missing key" if getattr(self, "probe", 0) else ""
         try:
             check(self, resource)
         except Exception as exc:
@@ -224,6 +228,8 @@ def _install_audit(path: Path) -> None:
             exc.audited = True  # type: ignore[attr-defined]
             raise
         record(self._access_key.arn, self._action, resource, "allowed", via)
+        if self._action == "s3:GetObject":
+            _missing_key_needs_list(self, resource)
 
     authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 
@@ -244,6 +250,24 @@ def _install_audit(path: Path) -> None:
 
     IAMRequestBase.check_action_permitted = audited_check  # type: ignore[method-assign]
     ActionAuthenticatorMixin._authenticate_and_authorize_action = audited_authorize  # type: ignore[method-assign]
+
+
+def _missing_key_needs_list(request: Any, resource: str) -> None:
+    """AWS answers a GET/HEAD of a missing key with 404 only to a caller that may s3:ListBucket the bucket,
+    to others with 403 AccessDenied: a workload probing for an optional object needs ListBucket."""
+    import copy
+
+    from moto.s3.models import s3_backends
+
+    bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
+    try:
+        found = s3_backends[request.account_id]["aws"].get_object(bucket, key)
+    except Exception:  # no such bucket: moto answers that itself
+        return
+    if found is None:
+        probe = copy.copy(request)
+        probe._action, probe.probe = "s3:ListBucket", True
+        probe.check_action_permitted(f"arn:aws:s3:::{bucket}")
 
 
 def _presigned(response: Any) -> bool:

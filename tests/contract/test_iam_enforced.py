@@ -128,10 +128,10 @@ def enforced(rendered: RenderResult) -> Iterator[Enforced]:
     server = EnforcingS3(SCRATCH_ROOT / f"iam-{uuid.uuid4().hex[:8]}")
     try:
         roles = irsa_roles(rendered)
-        credentials = enforce_iam(server, roles)
         contract = next(m for m in to_manifests(rendered) if m["kind"] == "ConfigMap"
                         and m["metadata"]["name"] == "workload-contract")["data"]
         buckets = {kind: contract[f"MLOPS_{kind.upper()}_BUCKET"] for kind in BUCKETS}
+        credentials = enforce_iam(server, {**roles, **readers(buckets["data"])})
         admin = server.client()
         for bucket in buckets.values():  # as rendered: versioned; a marker keeps each bucket non-empty
             admin.create_bucket(Bucket=bucket)
@@ -145,6 +145,14 @@ def enforced(rendered: RenderResult) -> Iterator[Enforced]:
         yield Enforced(server, roles, credentials, buckets, queue_url)
     finally:
         server.stop()
+
+
+def readers(bucket: str) -> dict[str, IrsaRole]:
+    """Two users that are not from the render: GetObject on one prefix, with and without s3:ListBucket."""
+    read = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/contract-denial/*"}
+    listing = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"}
+    return {name: IrsaRole(name, "tests", name, ({"Version": "2012-10-17", "Statement": statements},))
+            for name, statements in (("reader", [read]), ("lister", [read, listing]))}
 
 
 @contextmanager
@@ -280,6 +288,19 @@ def test_presigned_urls_are_judged_as_their_signer(enforced: Enforced) -> None:
     assert outside.status_code == 403 and "AccessDenied" in outside.text, outside.text
     control = enforced.presigned_get(None, data, "datasets/contract-denial/presigned/data.parquet")
     assert control.status_code == 200 and control.content == b"rows", control.text
+
+
+def test_missing_keys_and_head_bucket_need_list_bucket_as_on_aws(enforced: Enforced) -> None:
+    """Emulated beyond moto: a missing key is 403 without s3:ListBucket (404 with it), HeadBucket is ListBucket."""
+    bucket = enforced.buckets["data"]
+    reader, lister = enforced.client("reader"), enforced.client("lister")
+    enforced.client().put_object(Bucket=bucket, Key="contract-denial/present", Body=b"x")
+    for client in (reader, lister):
+        assert code(client.get_object, Bucket=bucket, Key="contract-denial/present") == "ok"
+    assert code(reader.get_object, Bucket=bucket, Key="contract-denial/missing") == "AccessDenied"
+    assert code(lister.get_object, Bucket=bucket, Key="contract-denial/missing") == "NoSuchKey"  # control
+    assert code(reader.head_bucket, Bucket=bucket) == "403"
+    assert code(lister.head_bucket, Bucket=bucket) == "ok"  # control
 
 
 # --- the happy path --------------------------------------------------------------------------------
