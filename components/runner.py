@@ -53,8 +53,9 @@ def user_data(environment: str, region: str) -> str:
     return "\n".join([
         "#!/bin/bash",
         "set -euo pipefail",
-        "dnf install -y -q git jq tar gzip libicu python3.11 python3.11-pip",
-        "useradd --create-home runner",
+        "dnf install -y -q git jq tar gzip libicu python3.11 python3.11-pip docker",
+        "systemctl enable --now docker",  # prod's deploy copies the image between registries
+        "useradd --create-home --groups docker runner",
         "cd /home/runner",
         "url=$(curl -fsSL https://api.github.com/repos/actions/runner/releases/latest | jq -r "
         "'.assets[] | select(.name | test(\"linux-x64-[0-9.]+.tar.gz$\")) | .browser_download_url')",

@@ -15,7 +15,7 @@ from components.render import ROOT
 from workloads.cli import app
 
 WORKFLOWS = ROOT / ".github" / "workflows"
-NAMES = ["ci", "preview", "ephemeral", "deploy", "reap"]
+NAMES = ["ci", "preview", "ephemeral", "deploy", "reap", "image"]
 CHECK_JSONSCHEMA = ROOT / ".venv" / "bin" / "check-jsonschema"
 
 
@@ -27,7 +27,8 @@ def load(name: str) -> dict[str, Any]:
 
 
 def steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for job in workflow["jobs"].values() for s in job["steps"]]
+    """Steps of the workflow's own jobs (a job that calls a reusable workflow has none)."""
+    return [s for job in workflow["jobs"].values() for s in job.get("steps", [])]
 
 
 def uses(workflow: dict[str, Any]) -> list[str]:
@@ -66,7 +67,8 @@ def test_aws_through_oidc_only(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["preview", "deploy"])
 def test_official_pulumi_action_with_the_policy_pack(name: str) -> None:
-    pulumi_steps = [s for s in steps(load(name)) if s.get("uses") == "pulumi/actions@v6"]
+    # Steps that run a command (the others only install the CLI).
+    pulumi_steps = [s for s in steps(load(name)) if s.get("uses") == "pulumi/actions@v6" and "command" in s["with"]]
     assert pulumi_steps
     for step in pulumi_steps:
         assert step["with"]["policyPacks"] == "policies"
@@ -101,11 +103,61 @@ def test_deploy_goes_dev_then_staging_then_prod_behind_environments() -> None:
     workflow = load("deploy")
     assert workflow["on"]["push"]["branches"] == ["main"]
     jobs = workflow["jobs"]
-    assert jobs["staging"]["needs"] == "dev" and jobs["prod"]["needs"] == "staging"
+    assert jobs["dev"]["needs"] == "image" and set(jobs["staging"]["needs"]) == {"image", "dev"}
+    assert set(jobs["prod"]["needs"]) == {"image", "staging"}
     assert {jobs[n]["environment"] for n in ("dev", "staging", "prod")} == {"dev", "staging", "prod"}
     assert any("kubectl create job" in s.get("run", "") for s in jobs["dev"]["steps"])  # the smoke test
-    assert [s["with"]["command"] for j in jobs.values() for s in j["steps"] if s.get("uses") == "pulumi/actions@v6"] \
-        == ["up", "up", "up"]
+    commands = [s["with"]["command"] for s in steps(workflow)
+                if s.get("uses") == "pulumi/actions@v6" and "command" in s["with"]]
+    assert commands == ["up", "up", "up"]
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_each_environment_deploys_from_its_runner_in_the_vpc(env: str) -> None:
+    """The API is private: `pulumi up` (which applies the Kubernetes layer) runs on the env's in-VPC runner."""
+    job = load("deploy")["jobs"][env]
+    assert job["runs-on"] == ["self-hosted", f"mlops-{env}"]
+    names = [s.get("uses", "") for s in job["steps"]]
+    assert not any(n.startswith("actions/setup-python") for n in names)  # the runner brings python3.11
+
+
+@pytest.mark.parametrize("name", ["ephemeral", "reap"])
+def test_ci_environments_are_handled_from_devs_runner(name: str) -> None:
+    (job,) = load(name)["jobs"].values()
+    assert job["runs-on"] == ["self-hosted", "mlops-dev"]
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_every_deploy_pins_the_built_image_by_digest(env: str) -> None:
+    job = load("deploy")["jobs"][env]
+    runs = [s.get("run", "") for s in job["steps"]]
+    pin = next(i for i, r in enumerate(runs) if "workloads.imageDigest" in r)
+    up = next(i for i, s in enumerate(job["steps"]) if s.get("with", {}).get("command") == "up")
+    assert pin < up and "needs.image.outputs.digest" in runs[pin]
+    needs = job["needs"] if isinstance(job["needs"], list) else [job["needs"]]
+    assert "image" in needs  # outputs are readable only from jobs named in `needs`
+
+
+def test_image_is_built_with_lineage_scanned_before_push_and_its_digest_recorded() -> None:
+    workflow = load("image")
+    assert "workflow_call" in workflow["on"] and workflow["on"]["workflow_call"]["outputs"]["digest"]
+    (job,) = workflow["jobs"].values()
+    order = {key: i for i, s in enumerate(job["steps"]) for key in (
+        "build" if s.get("uses", "").startswith("docker/build-push-action@") else "",
+        "scan" if s.get("uses", "").startswith("aquasecurity/trivy-action@") else "",
+        "push" if "docker push" in s.get("run", "") else "") if key}
+    assert order["build"] < order["scan"] < order["push"]
+    build, scan = job["steps"][order["build"]]["with"], job["steps"][order["scan"]]["with"]
+    assert build["push"] is False and build["file"] == "workloads/Dockerfile"
+    assert "GIT_COMMIT=${{ github.sha }}" in build["build-args"] and "IMAGE_REF=" in build["build-args"]
+    assert scan["severity"] == "CRITICAL" and scan["exit-code"] == "1"  # a critical finding fails the build
+    assert "digest=" in job["steps"][order["push"]]["run"] and job["outputs"]["digest"]
+
+
+def test_the_dockerfile_takes_the_lineage_build_arguments() -> None:
+    text = (ROOT / "workloads" / "Dockerfile").read_text()
+    assert "ARG GIT_COMMIT" in text and "ARG IMAGE_REF" in text
+    assert "MLOPS_GIT_COMMIT=${GIT_COMMIT}" in text and "MLOPS_IMAGE=${IMAGE_REF}" in text
 
 
 def test_reap_is_scheduled() -> None:
