@@ -38,6 +38,7 @@ from components.addons import (
 )
 from components.config import EnvironmentConfig, NodePool, Secrets
 from components.irsa import OidcProvider, irsa_role
+
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 TRAINING_TAINT_KEY = "mlops-platform/training"
 POOL_LABEL = "mlops-platform/pool"
@@ -161,43 +162,8 @@ class Cluster(pulumi.ComponentResource):
         if args.vpc_id is None or not args.private_subnet_ids:
             raise ValueError("cluster.mode 'create' needs the network's VPC and private subnets")
         child = pulumi.ResourceOptions(parent=self)
-        # What holds or decrypts prod data (Secrets, audit logs) is protected and retained like the data.
-        keep = pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete)
         cluster_name = f"mlops-{env.name}"
-
-        secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"EKS {cluster_name}: envelope encryption of Secrets",
-                                  enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
-                                  opts=keep)
-        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=f"/aws/eks/{cluster_name}/cluster",
-                                            retention_in_days=env.log_retention_days, opts=keep)
-        role = aws.iam.Role(
-            f"{name}-control-plane",
-            assume_role_policy=_service_trust("eks.amazonaws.com"),
-            managed_policy_arns=[f"{EKS_MANAGED}/AmazonEKSClusterPolicy"],
-            opts=child,
-        )
-        public = bool(env.cluster.public_access_cidrs)
-        cluster = aws.eks.Cluster(
-            f"{name}-eks",
-            name=cluster_name,
-            version=env.cluster.version,
-            role_arn=role.arn,
-            # No implicit, unmanaged admin for whoever ran the first `up`: components/access.py lists every principal.
-            access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": False},
-            # STANDARD: never drift into paid extended support; the config refuses versions past standard support.
-            upgrade_policy={"support_type": "STANDARD"},
-            encryption_config={"resources": ["secrets"], "provider": {"key_arn": secrets_key.arn}},
-            enabled_cluster_log_types=CONTROL_PLANE_LOGS,
-            vpc_config={
-                "subnet_ids": args.private_subnet_ids,
-                "endpoint_private_access": True,
-                "endpoint_public_access": public,
-                "public_access_cidrs": env.cluster.public_access_cidrs if public else None,
-            },
-            deletion_protection=env.deletion_protection,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=env.protect,
-                                        retain_on_delete=env.retain_on_delete),
-        )
+        cluster = self._control_plane(name, args, cluster_name)
         issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])
         oidc_provider = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=child)
@@ -232,6 +198,48 @@ class Cluster(pulumi.ComponentResource):
               "taint": {"key": TRAINING_TAINT_KEY, "value": p.name, "effect": "NoSchedule"}}
              for p in env.cluster.training_pools])
         self.network_policy_enforcement = pulumi.Output.from_input(NETWORK_POLICY_ENGINE)
+
+    def _control_plane(self, name: str, args: ClusterArgs, cluster_name: str) -> aws.eks.Cluster:
+        """The EKS control plane: private endpoint, explicit access, envelope-encrypted Secrets, audit logs."""
+        env = args.env
+        child = pulumi.ResourceOptions(parent=self)
+        # What holds or decrypts prod data (Secrets, audit logs) is protected and retained like the data.
+        keep = pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete)
+
+        secrets_key = aws.kms.Key(f"{name}-secrets-key", description=f"EKS {cluster_name}: envelope encryption of Secrets",
+                                  enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
+                                  opts=keep)
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=f"/aws/eks/{cluster_name}/cluster",
+                                            retention_in_days=env.log_retention_days, opts=keep)
+        role = aws.iam.Role(
+            f"{name}-control-plane",
+            assume_role_policy=_service_trust("eks.amazonaws.com"),
+            managed_policy_arns=[f"{EKS_MANAGED}/AmazonEKSClusterPolicy"],
+            opts=child,
+        )
+        public = bool(env.cluster.public_access_cidrs)
+        cluster = aws.eks.Cluster(
+            f"{name}-eks",
+            name=cluster_name,
+            version=env.cluster.version,
+            role_arn=role.arn,
+            # No implicit, unmanaged admin for whoever ran the first `up`: components/access.py lists every principal.
+            access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": False},
+            # STANDARD: never drift into paid extended support; the config refuses versions past standard support.
+            upgrade_policy={"support_type": "STANDARD"},
+            encryption_config={"resources": ["secrets"], "provider": {"key_arn": secrets_key.arn}},
+            enabled_cluster_log_types=CONTROL_PLANE_LOGS,
+            vpc_config={
+                "subnet_ids": args.private_subnet_ids,
+                "endpoint_private_access": True,
+                "endpoint_public_access": public,
+                "public_access_cidrs": env.cluster.public_access_cidrs if public else None,
+            },
+            deletion_protection=env.deletion_protection,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=env.protect,
+                                        retain_on_delete=env.retain_on_delete),
+        )
+        return cluster
 
     def _node_groups(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster, cluster_name: str,
                      networking: list[aws.eks.Addon]) -> list[aws.eks.NodeGroup]:

@@ -21,7 +21,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import access, eks_versions
-from components.cluster import AUTOSCALER_NAMESPACE, AUTOSCALER_SERVICE_ACCOUNT, POOL_LABEL, TRAINING_TAINT_KEY
+from components.cluster import (
+    AUTOSCALER_NAMESPACE,
+    AUTOSCALER_SERVICE_ACCOUNT,
+    POOL_LABEL,
+    TRAINING_TAINT_KEY,
+)
 from components.config import ClusterConfig, DeployConfig
 
 STORAGE_CLASS = "gp3"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -99,11 +100,38 @@ class TrackingServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: TrackingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:tracking:TrackingServer", name, None, opts)
-        env = args.env
-        cfg = env.tracking
-        ns = env.namespace
+        cfg = args.env.tracking
         child = pulumi.ResourceOptions(parent=self)
+        secret_name = self._secrets(name, args)
+        account = self._service_account(name, args)
+        deployment = self._deployment(name, args, account, secret_name)
+        if cfg.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
+                spec={"minAvailable": cfg.replicas - 1 if cfg.replicas > 2 else 1,
+                      "selector": {"matchLabels": LABELS}},
+                opts=child,
+            )
+        service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
+            spec={"type": "ClusterIP", "selector": LABELS,
+                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+        )
+        self.tracking_uri = pulumi.Output.concat(
+            "http://", service.metadata["name"], ".", args.namespace, ".svc.cluster.local:", str(PORT))
+        self.tracking_url = None
+        if cfg.host:
+            ingress(self, f"{name}-ingress", NAME, args.namespace, cfg.host, cfg.tls_secret_name, NAME, PORT, LABELS)
+            self.tracking_url = pulumi.Output.from_input(f"https://{cfg.host}")
+        self.register_outputs({"tracking_uri": self.tracking_uri, "tracking_url": self.tracking_url})
 
+    def _secrets(self, name: str, args: TrackingArgs) -> pulumi.Output[str]:
+        """The server's Secret (Flask key, admin password, DSN, auth config) and the clients' credentials."""
+        cfg = args.env.tracking
+        child = pulumi.ResourceOptions(parent=self)
         flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
         server_secret = k8s.core.v1.Secret(
             f"{name}-server",
@@ -127,6 +155,12 @@ class TrackingServer(pulumi.ComponentResource):
         )
         self.credentials_secret = credentials.metadata["name"]
 
+        return server_secret.metadata["name"]
+
+    def _service_account(self, name: str, args: TrackingArgs) -> k8s.core.v1.ServiceAccount:
+        """On AWS, IRSA limited to the artifact prefix of the artifact bucket and its key."""
+        env, ns = args.env, args.env.namespace
+        child = pulumi.ResourceOptions(parent=self)
         role = None
         if args.oidc is not None:
             policy = pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(
@@ -141,8 +175,13 @@ class TrackingServer(pulumi.ComponentResource):
             opts=child,
         )
 
-        secret_name = server_secret.metadata["name"]
-        env_vars = [
+        return account
+
+    def _server_env(self, args: TrackingArgs,
+                    secret_name: pulumi.Output[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The server container's env and envFrom."""
+        env, cfg = args.env, args.env.tracking
+        env_vars: list[dict[str, Any]] = [
             *TELEMETRY_OFF,
             {"name": "MLFLOW_BACKEND_STORE_URI", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "backend-store-uri"}}},
             {"name": "MLFLOW_FLASK_SERVER_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "flask-secret-key"}}},
@@ -155,27 +194,21 @@ class TrackingServer(pulumi.ComponentResource):
              "value": pulumi.Output.from_input(args.artifact_bucket).apply(source_regex)},
             {"name": "HOME", "value": "/tmp"},
         ]
-        env_from = []
+        env_from: list[dict[str, Any]] = []
         if args.s3_endpoint is not None:
             env_vars.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": args.s3_endpoint})
             env_from.append({"secretRef": {"name": args.s3_credentials_secret}})
         else:
             env_vars.append({"name": "AWS_REGION", "value": env.region})
 
-        command = pulumi.Output.from_input(args.artifact_bucket).apply(lambda bucket: [
-            "mlflow", "server",
-            "--host", "0.0.0.0",
-            "--port", str(PORT),
-            "--workers", str(cfg.workers),
-            "--app-name", "basic-auth",
-            "--serve-artifacts",
-            "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
-            "--allowed-hosts", ",".join(allowed_hosts(ns, cfg.host)),
-            "--x-frame-options", "DENY",
-        ])
-        probe = {"httpGet": {"path": "/health", "port": "http"}}
+        return env_vars, env_from
+
+    def _deployment(self, name: str, args: TrackingArgs, account: k8s.core.v1.ServiceAccount,
+                    secret_name: pulumi.Output[str]) -> k8s.apps.v1.Deployment:
+        env, cfg = args.env, args.env.tracking
+        child = pulumi.ResourceOptions(parent=self)
         image = env.workload_image
-        deployment = k8s.apps.v1.Deployment(
+        return k8s.apps.v1.Deployment(
             f"{name}",
             metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
             spec={
@@ -194,25 +227,7 @@ class TrackingServer(pulumi.ComponentResource):
                             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": LABELS}}],
                         # The schema is current (or created) before any replica's server verifies it.
                         "initContainers": [migration_container(image, secret_name, TELEMETRY_OFF)],
-                        "containers": [{
-                            "name": NAME,
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": command,
-                            "env": env_vars,
-                            "envFrom": env_from,
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
-                            "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 20,
-                                              "timeoutSeconds": 5, "failureThreshold": 5},
-                            "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
-                            "resources": resources(cfg.cpu, cfg.memory),
-                            "securityContext": container_security_context(),
-                            "volumeMounts": [
-                                {"name": "tmp", "mountPath": "/tmp"},
-                                {"name": "auth-config", "mountPath": "/etc/mlflow", "readOnly": True},
-                            ],
-                        }],
+                        "containers": [self._server_container(args, image, secret_name)],
                         "volumes": [
                             scratch_volume("tmp", "1Gi"),
                             {"name": "auth-config", "secret": {
@@ -224,28 +239,43 @@ class TrackingServer(pulumi.ComponentResource):
             },
             opts=child,
         )
-        if cfg.replicas > 1:
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-pdb",
-                metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
-                spec={"minAvailable": cfg.replicas - 1 if cfg.replicas > 2 else 1,
-                      "selector": {"matchLabels": LABELS}},
-                opts=child,
-            )
-        service = k8s.core.v1.Service(
-            f"{name}-svc",
-            metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
-            spec={"type": "ClusterIP", "selector": LABELS,
-                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
-        )
-        self.tracking_uri = pulumi.Output.concat(
-            "http://", service.metadata["name"], ".", args.namespace, ".svc.cluster.local:", str(PORT))
-        self.tracking_url = None
-        if cfg.host:
-            ingress(self, f"{name}-ingress", NAME, args.namespace, cfg.host, cfg.tls_secret_name, NAME, PORT, LABELS)
-            self.tracking_url = pulumi.Output.from_input(f"https://{cfg.host}")
-        self.register_outputs({"tracking_uri": self.tracking_uri, "tracking_url": self.tracking_url})
+
+
+    def _server_container(self, args: TrackingArgs, image: str, secret_name: pulumi.Output[str]) -> dict[str, Any]:
+        """`mlflow server` on the uvicorn server (the security middleware needs it), probed on /health."""
+        cfg, ns = args.env.tracking, args.env.namespace
+        env_vars, env_from = self._server_env(args, secret_name)
+        command = pulumi.Output.from_input(args.artifact_bucket).apply(lambda bucket: [
+            "mlflow", "server",
+            "--host", "0.0.0.0",
+            "--port", str(PORT),
+            "--workers", str(cfg.workers),
+            "--app-name", "basic-auth",
+            "--serve-artifacts",
+            "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
+            "--allowed-hosts", ",".join(allowed_hosts(ns, cfg.host)),
+            "--x-frame-options", "DENY",
+        ])
+        probe = {"httpGet": {"path": "/health", "port": "http"}}
+        return {
+            "name": NAME,
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": command,
+            "env": env_vars,
+            "envFrom": env_from,
+            "ports": [{"name": "http", "containerPort": PORT}],
+            "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
+            "livenessProbe": {**probe, "initialDelaySeconds": 60, "periodSeconds": 20,
+                              "timeoutSeconds": 5, "failureThreshold": 5},
+            "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+            "resources": resources(cfg.cpu, cfg.memory),
+            "securityContext": container_security_context(),
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "auth-config", "mountPath": "/etc/mlflow", "readOnly": True},
+            ],
+        }
 
 
 def _system_nodes(env: EnvironmentConfig) -> dict[str, str]:

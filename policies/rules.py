@@ -274,7 +274,7 @@ def _tag_map(tags: Any) -> dict[str, Any]:
     """Tags as a map; Auto Scaling groups list them as `{key, value, propagateAtLaunch}`
     (and provider default tags do not reach them, so they must carry their own)."""
     if isinstance(tags, list):
-        return {t.get("key"): t.get("value") for t in tags if isinstance(t, dict)}
+        return {str(t.get("key")): t.get("value") for t in tags if isinstance(t, dict)}
     return dict(tags or {})
 
 
