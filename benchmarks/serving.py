@@ -104,7 +104,7 @@ def start(kind: str, name: str, workers: int, stack: Environment, log: Path) -> 
                "local", "-w", str(workers), "-h", "127.0.0.1", "-p", str(port)]
     else:
         cmd = [str(BIN / "mlops"), "serve", "--model", name, "--workers", str(workers), "--port", str(port),
-               "--workdir", str(stack.workdir), "--endpoint-name", f"bench-{kind}", "--poll-seconds", "0",
+               "--workdir", str(stack.workdir), "--endpoint-name", f"bench-{kind.replace('+', '-')}", "--poll-seconds", "0",
                "--capture" if kind == "ours+capture" else "--no-capture"]
     # A new session: stopping the stock server's uvicorn means its whole process group.
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -13,6 +13,7 @@ import workloads  # noqa: F401 - telemetry off before mlflow is imported
 from tests.serving.helpers import SMALL_NAMES, SMALL_NUMERIC, small_frame
 from workloads.capture.table import records_to_table
 from workloads.capture.writer import CaptureWriter
+from workloads.layout import capture_prefix
 from workloads.serving.batching import Item, predict_fast
 from workloads.serving.fast_path import Fallback, FastInput, FastSchema
 from workloads.serving.model import LoadedModel
@@ -191,7 +192,7 @@ def test_odd_values_in_a_string_column_cost_no_other_request_its_capture():
     assert writer.flush() == len(odd)
     assert writer.stats.records_dropped == 0 and writer.stats.buffered_rows == 0
     ((key, body),) = s3.objects.items()
-    assert key.startswith("captures/e/dt=2026-01-02/hour=03/") and key.endswith(".parquet")
+    assert key.startswith(capture_prefix("e") + "dt=2026-01-02/hour=03/") and key.endswith(".parquet")
     table = pd.read_parquet(io.BytesIO(body))
     assert list(table["_request_id"]) == [f"r{i}" for i in range(len(odd))]
     assert list(table["plan"].iloc[[0, 1, 3, 4, 5]]) == ["pro", "1.5", "True", str(10**22), "basic"]
