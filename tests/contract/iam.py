@@ -19,7 +19,7 @@ What it cannot judge, so this suite cannot either:
 - SNS resources: SNS calls are judged against Resource "*", so a statement naming the topic never
   matches; the user's SNS statements get Resource "*" (`moto_document`), only the action is judged;
 - DeleteObjects (batch) is judged as s3:DeleteObject on the bucket ARN; CopyObject's source read is
-  not checked; ListObjectVersions is `s3:ListBucketVersions`; SCPs, boundaries, session policies;
+  not checked; action names match case-sensitively (AWS: insensitively); SCPs, boundaries, sessions;
 - IRSA itself: the web-identity token exchange and the role's trust policy (static keys stand in).
 Emulated on top of moto: presigned (query-string signed) S3 URLs, which its enforcement cannot read
 (it needs an Authorization header), are judged as AWS judges them: as the signing key's user, after
