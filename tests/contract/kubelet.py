@@ -163,7 +163,7 @@ class Process:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in _tree(self.proc.pid)))
+            self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in self._members()))
             self._stop.wait(0.1)
 
     def wait(self, timeout: float) -> int | None:
@@ -173,15 +173,33 @@ class Process:
             return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with _quiet():
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            if self.wait(20) is None:
-                with _quiet():
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        """SIGTERM the pod's processes, SIGKILL what is left after a grace period, as a kubelet does.
+
+        Always, even when the main process is gone: its children (e.g. uvicorn workers) may not be.
+        """
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while self._members() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._signal(signal.SIGKILL)
+        self.wait(10)
         self._stop.set()
         self._sampler.join(5)
+
+    def _members(self) -> list[int]:
+        """Every process of this container: its cgroup's members and the tree under the main process."""
+        pids = set(_tree(self.proc.pid)) if self.proc.poll() is None else set()
+        if self.cgroup is not None:
+            with _quiet():
+                pids |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
+        return sorted(pids)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with _quiet():
+            os.killpg(self.proc.pid, sig)
+        for pid in self._members():
+            with _quiet():
+                os.kill(pid, sig)
 
     def outcome(self, ready_seconds: float | None = None) -> Outcome:
         oom = False
@@ -244,7 +262,7 @@ class _quiet:
         return None
 
     def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)
+        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError | FileNotFoundError)
 
 
 # --- the kubelet ---------------------------------------------------------------------------------

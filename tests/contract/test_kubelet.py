@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,17 @@ def test_env_resolution_and_expansion_follow_kubernetes() -> None:
     env = resolve_env(container, cluster)
     assert env == {"A": "1", "U": "http://x.ns.127.0.0.1:9/1", "P": "secret"}
     assert expand("$(A) $$(A) $(B)", {"A": "1"}) == "1 $(A) $(B)"
+
+
+@pytest.mark.skipif(not CGROUP_ROOT.exists(), reason="no cgroup v1 memory controller on this machine")
+def test_stopping_a_pod_stops_children_that_outlived_or_left_its_main_process(kubelet: Kubelet) -> None:
+    # The main process starts a child in its own session and exits: a kubelet still owns that child.
+    code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+            "start_new_session=True); print(p.pid, flush=True)")
+    process = kubelet.start("orphan", POD, _container(code))
+    process.wait(30)
+    child = int(process.log_path.read_text().split()[0])
+    assert Path(f"/proc/{child}").exists()
+    process.stop()
+    process.outcome()
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
