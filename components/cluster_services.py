@@ -35,16 +35,19 @@ GPU_NODE_LABEL = {"nvidia.com/gpu.present": "true"}  # what components/cluster.p
 CI_NAMESPACE_ADMIN = "mlops-ci-namespace-admin"
 CI_DEPLOYER = "mlops-ci-deployer"
 # What a ci environment renders in its namespace (components/namespace.py ... jobs.py), and reads back.
+WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]  # no escalate, bind or impersonate
 CI_NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts",
-                                      "persistentvolumeclaims", "resourcequotas", "limitranges", "pods",
-                                      "pods/log", "events"], "verbs": ["*"]},
-    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "replicasets"], "verbs": ["*"]},
-    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["*"]},
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies", "ingresses"], "verbs": ["*"]},
-    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["*"]},
-    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["*"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["*"]},
+                                      "persistentvolumeclaims", "resourcequotas", "limitranges", "pods"],
+     "verbs": WRITE},
+    {"apiGroups": [""], "resources": ["pods/log", "events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "replicasets"], "verbs": WRITE},
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": WRITE},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies", "ingresses"], "verbs": WRITE},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": WRITE},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": WRITE},
+    # Roles it creates may hold only what it holds here (Kubernetes' escalation check).
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": WRITE},
 ]
 
 

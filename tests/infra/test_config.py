@@ -250,7 +250,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
      "mlops-platform:cluster.context: is only used with mode 'kubeconfig', not 'create'"),
     ("training pools on an existing cluster", {"mlops-platform:cluster.mode": "existing",
                                               "mlops-platform:cluster.stackReference": "org/mlops-platform/dev"},
-     "mlops-platform:cluster.publicAccessCidrs: is only used with mode 'create', not 'existing'"),
+     "mlops-platform:cluster.trainingPools: is only used with mode 'create', not 'existing'"),
     ("unknown training pool", {"mlops-platform:workloads.training[0].pool": "tpu"},
      "mlops-platform:workloads.training[0].pool: 'tpu' names unknown pool; known: ['cpu', 'gpu']"),
     ("retraining an unknown job", {"mlops-platform:workloads.monitoring.retrainJob": "fraud"},
