@@ -42,7 +42,6 @@ class CaptureStats:
     records_written: int = 0  # rows, as every captured row is one record
     records_dropped: int = 0
     flush_errors: int = 0
-    files_written: int = 0
     buffered_rows: int = 0
 
 
@@ -66,7 +65,7 @@ class CaptureWriter:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def to_environment(cls, env: Environment, endpoint: str, **options: Any) -> CaptureWriter:
+    def for_environment(cls, env: Environment, endpoint: str, **options: Any) -> CaptureWriter:
         """A writer to the environment's capture bucket, with an S3 client that gives up fast."""
         return cls(env.s3_client(**S3_TIMEOUTS), env.outputs.capture_bucket, endpoint, **options)
 
@@ -163,8 +162,6 @@ class CaptureWriter:
             with self._lock:
                 self.stats.flush_errors += 1
             return None
-        with self._lock:
-            self.stats.files_written += 1
         return rows
 
     def _lose(self, rows: int) -> None:

@@ -56,7 +56,7 @@ class ServingApp:
     def __init__(self, settings: ServeSettings, env: Environment) -> None:
         self.settings = settings
         self.holder = ModelHolder(settings.model, settings.alias, env)
-        self.capture = CaptureWriter.to_environment(
+        self.capture = CaptureWriter.for_environment(
             env, settings.endpoint, flush_seconds=settings.capture_flush_seconds,
             batch_rows=settings.capture_batch_rows, max_buffer_rows=settings.capture_max_buffer_rows,
         ) if settings.capture else None
