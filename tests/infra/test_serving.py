@@ -143,7 +143,8 @@ def test_serving_role_writes_capture_only(rendered: dict[str, RenderResult], sta
     s3 = [(a, r) for s in policy["Statement"] for a in s["Action"] if a.startswith("s3:")
           for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
     # Inference capture only; models are loaded through the tracking server (--serve-artifacts).
-    assert sorted(s3) == [("s3:AbortMultipartUpload", f"{capture}/captures/*"), ("s3:PutObject", f"{capture}/captures/*")]
+    assert sorted(s3) == [("s3:AbortMultipartUpload", f"{capture}/captures/*"), ("s3:GetBucketLocation", capture),
+                          ("s3:ListBucket", capture), ("s3:PutObject", f"{capture}/captures/*")]
     assert result.outputs["data_bucket"] not in json.dumps(policy)
     assert result.outputs["artifact_bucket"] not in json.dumps(policy)
     # The shared key only for the capture bucket (S3 Bucket Keys: the encryption context is the bucket ARN).
