@@ -610,6 +610,11 @@ def load_environment() -> tuple[EnvironmentConfig, Secrets]:
         if key in SECRET_KEYS:
             continue
         raw[key] = _decode(value)
+    # One region key: the AWS provider's own `aws:region` (the explicit provider and the lookups use it too).
+    if "region" in raw:
+        raise ConfigError(f"{PROJECT}:region: {raw['region']!r} is not a key; set the region once, as aws:region")
+    if aws_region := _all_config().get("aws:region"):
+        raw["region"] = aws_region
     env = parse_environment(raw)
     return env, Secrets(config, env)
 

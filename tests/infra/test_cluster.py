@@ -248,3 +248,15 @@ def test_local_stack_uses_no_aws_at_all(rendered: dict[str, RenderResult]) -> No
     assert not [r.type for r in result.resources if r.type.startswith(("aws:", "pulumi:providers:aws"))]
     provider = result.one("pulumi:providers:kubernetes")
     assert provider.inputs["context"] == "kind-kind"
+
+
+def test_one_region_key_for_the_provider_and_the_program() -> None:
+    config = load_stack_config(stack_file("dev"))
+    config["aws:region"] = "eu-west-1"
+    result = render_stack("dev", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
+    assert result.one("pulumi:providers:aws").inputs["region"] == "eu-west-1"
+    kubeconfig = json.loads(result.outputs["kubeconfig"])
+    assert kubeconfig["users"][0]["user"]["exec"]["args"][-2:] == ["--region", "eu-west-1"]
+    config["mlops-platform:region"] = "eu-west-1"
+    with pytest.raises(Exception, match="mlops-platform:region: 'eu-west-1' is not a key; set the region once"):
+        render_stack("dev", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
