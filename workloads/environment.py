@@ -113,8 +113,15 @@ class Environment:
         """Point MLflow's fluent API (`mlflow.start_run`, `log_model`) here for the block, then restore."""
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # MLflow's own scoped setter
 
-        with _use_tracking_uri(self.tracking_uri):
-            yield
+        # MLflow mirrors its URI into MLFLOW_TRACKING_URI and unsets it on the way out; a pod's own
+        # value (rendered into its environment) must survive the block.
+        given = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            with _use_tracking_uri(self.tracking_uri):
+                yield
+        finally:
+            if given is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = given
 
 
 def _is_loopback(url: str) -> bool:

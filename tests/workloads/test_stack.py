@@ -142,3 +142,19 @@ def test_local_status_of_a_stopped_stack(tmp_path: Path) -> None:
     state = json.loads(result.stdout)
     assert state["running"] is False
     assert {c["pid"] for c in state["components"].values()} == {None}
+
+
+def test_tracking_points_mlflow_here_for_the_block_and_leaves_the_pods_variable(monkeypatch) -> None:  # noqa: ANN001
+    import mlflow
+
+    from workloads.environment import Environment, StackOutputs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://rendered:5000")
+    env = Environment(StackOutputs(environment="t", tracking_uri="http://127.0.0.1:9", data_bucket="d",
+                                   artifact_bucket="a", capture_bucket="c"))
+    with env.tracking():
+        assert mlflow.get_tracking_uri() == "http://127.0.0.1:9"
+    assert mlflow.get_tracking_uri() == "http://rendered:5000"
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://rendered:5000"
