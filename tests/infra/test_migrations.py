@@ -178,3 +178,23 @@ def test_every_tracking_server_migrates_first_and_runs_no_job_runner(
     server_dsn = next(v["valueFrom"] for v in server["env"] if v["name"] == "MLFLOW_BACKEND_STORE_URI")
     assert next(v["valueFrom"] for v in container["env"] if v["name"] == "MLFLOW_BACKEND_STORE_URI") == server_dsn
     assert {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"} in server["env"]
+
+
+def test_waits_for_a_database_that_is_still_starting(rendered: dict[str, RenderResult]) -> None:
+    """An in-cluster Postgres may come up after the tracking pod: the init container retries, then migrates."""
+    name = f"mlops_late_{uuid.uuid4().hex[:10]}"
+    dsn = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    admin = sqlalchemy.create_engine(ADMIN_DSN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    process = rendered_process(init_container(rendered["ci"]), dsn)  # ci keeps Postgres in the cluster
+    try:
+        assert process.stdout is not None
+        assert any("database not reachable yet" in line for line in iter(process.stdout.readline, ""))
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))  # the database comes up, empty
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, output
+        assert schema_version(dsn) == _get_latest_schema_revision() and all_tables(dsn)
+    finally:
+        process.kill()
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
