@@ -33,11 +33,12 @@ from workloads.environment import Environment
 from workloads.errors import MlopsError, ServiceUnavailable
 from workloads.settings import TrainSettings
 from workloads.training.errors import SpecError
-from workloads.training.gate import ChampionScore, Decision, decide, score_champion
+from workloads.training.gate import GateReport, current_champion, judge
 from workloads.training.lineage import code_tags, data_tags
-from workloads.training.metrics import score_all, scorer_name
+from workloads.training.metrics import score_all, scorer
 from workloads.training.models import build_pipeline, make_estimator
 from workloads.training.prepare import Prepared, prepare
+from workloads.training.probabilities import served
 from workloads.training.registry import register
 from workloads.training.report import Bar, ShardResult, TrainResult, log_importance, permutation_importance
 from workloads.training.search import (
@@ -87,6 +88,7 @@ class Fitted:
     """The best candidate refitted on the training split, scored on the holdout, logged."""
 
     best: Candidate
+    model: Any  # the fitted pipeline
     holdout: dict[str, float]
     value: float  # the spec's metric on the holdout
     model_uri: str
@@ -102,7 +104,7 @@ def train(spec: TrainingSpec, env: Environment, *, data: pd.DataFrame | None = N
     started = time.monotonic()
     with tracked(env), Bar(progress) as bar:
         client = env.mlflow_client()
-        job = _stored(spec, env, client, prepare(spec, env, data), started)
+        job = _stored(spec, env, client, _announced(prepare(spec, env, data), bar), started)
         with _run(job) as run_id:
             candidates = _search(job, run_id, bar)
             return _conclude(job, run_id, candidates, bar)
@@ -117,7 +119,7 @@ def search_shard(
 
     started = time.monotonic()
     with tracked(env), Bar(progress) as bar:
-        prep = prepare(spec, env, data)
+        prep = _announced(prepare(spec, env, data), bar)
         mine = shard_candidates(plan_candidates(spec, prep.task), shard, shards)
         group = group or default_group(spec, prep.digest)
         client = env.mlflow_client()
@@ -158,7 +160,7 @@ def select(
     started = time.monotonic()
     with tracked(env), Bar(progress) as bar:
         client = env.mlflow_client()
-        prep = prepare(spec, env, data)
+        prep = _announced(prepare(spec, env, data), bar)
         group = group or default_group(spec, prep.digest)
         finished = wait_for_shards(client, spec.experiment_name, group, shards, timeout=timeout,
                                    poll_seconds=poll_seconds)
@@ -173,12 +175,23 @@ def select(
 # --- the steps ------------------------------------------------------------------------------
 
 
+def _announced(prep: Prepared, bar: Bar) -> Prepared:
+    """Says which identifier-like columns were dropped from the features (features.py)."""
+    for column, why in prep.dropped.items():
+        bar.note(f"dropped feature {column!r}: {why} (exclude it, or set id_columns.action: refuse)")
+    return prep
+
+
 def _stored(spec: TrainingSpec, env: Environment, client: Any, prep: Prepared, started: float) -> Job:
     """Step 2: the validated data stored once by digest (and a new schema), with its lineage."""
     version = dataset.store(prep.df, spec.dataset.name, env, content_digest=prep.digest)
     if prep.schema_is_new:
         dataset.save_schema(spec.dataset.name, prep.schema, env)
-    lineage = data_tags(spec, version, prep.task, prep.metric) | code_tags()
+    lineage = data_tags(spec, version, prep.task, prep.metric) | code_tags() | {"mlops.predict": spec.predict}
+    if prep.target.positive is not None:
+        lineage["mlops.positive_class"] = str(prep.target.positive)
+    if prep.dropped:
+        lineage["mlops.features.dropped"] = ",".join(prep.dropped)
     return Job(spec=spec, client=client, prep=prep, dataset=version, lineage=lineage,
                experiment_id=experiment_id(client, spec.experiment_name), started=started)
 
@@ -196,7 +209,8 @@ def _run(job: Job, tags: dict[str, str] | None = None) -> Iterator[str]:
 
 def _evaluate(spec: TrainingSpec, prep: Prepared, planned: list[Planned], bar: Bar) -> list[Candidate]:
     return evaluate(spec, prep.task, prep.metric, prep.n_classes, prep.X_train, prep.y_train, planned,
-                    on_family=lambda family, n: bar.advance(n, f"searched {family}"))
+                    on_family=lambda family, n: bar.advance(n, f"searched {family}"),
+                    positive=prep.target.positive, weights=prep.w_train)
 
 
 def _search(job: Job, run_id: str, bar: Bar) -> list[Candidate]:
@@ -217,32 +231,38 @@ def _fit_and_log(job: Job, best: Candidate, bar: Bar) -> Fitted:
     bar.step(f"fitting {best.family} on {len(prep.X_train)} rows")
     model = build_pipeline(prep.X_train, make_estimator(best.family, prep.task, spec.seed))
     model.set_params(**{f"model__{k}": v for k, v in best.params.items()})
-    model.fit(prep.X_train, prep.y_train)
+    model.fit(prep.X_train, prep.y_train, **({} if prep.w_train is None else {"model__sample_weight": prep.w_train}))
+    if spec.positive_class is not None:
+        model.positive_class_ = spec.positive_class  # every scorer of this model agrees (metrics.py)
     holdout = score_all(model, prep.X_hold, prep.y_hold, prep.task, prep.n_classes)
     bar.step("permutation importance")
     importance = permutation_importance(model, prep.X_hold, prep.y_hold,
-                                        scorer_name(prep.metric, prep.n_classes), spec.seed)
+                                        scorer(prep.metric, prep.n_classes, prep.target.positive), spec.seed)
     bar.step("logging the model")
     mlflow.log_params({"best.family": best.family, **{f"best.{k}": v for k, v in best.params.items()},
-                       "task": prep.task, "metric": prep.metric.name, "seed": spec.seed,
-                       "n_train": len(prep.X_train), "n_holdout": len(prep.X_hold)})
+                       "task": prep.task, "metric": prep.metric.name, "seed": spec.seed, "predict": spec.predict,
+                       "n_train": len(prep.X_train), "n_holdout": len(prep.X_hold),
+                       "n_recent_holdout": int(prep.recent.sum()),
+                       "recent_weight": 1.0 if prep.w_train is None else spec.retraining.recent_weight})
     mlflow.log_metrics({f"holdout.{k}": v for k, v in holdout.items()} | {f"cv.{prep.metric.name}": best.cv_score})
     log_importance(importance, prep.metric.name)
-    info = log_model(model, prep.X_train.head(5))
-    return Fitted(best=best, holdout=holdout, value=holdout[prep.metric.name], model_uri=info.model_uri,
-                  model_id=info.model_id)
+    info = log_model(*served(model, spec.predict), prep.X_train.head(5))
+    return Fitted(best=best, model=model, holdout=holdout, value=holdout[prep.metric.name],
+                  model_uri=info.model_uri, model_id=info.model_id)
 
 
-def _gate(job: Job, fitted: Fitted, bar: Bar) -> tuple[ChampionScore, Decision, str]:
-    """Step 5: the current champion on the same holdout; the decision, recorded on the run."""
+def _gate(job: Job, fitted: Fitted, bar: Bar) -> GateReport:
+    """Step 5: the current champion and the new model on rows neither trained on; recorded on the run."""
     import mlflow
 
     prep = job.prep
     bar.step("scoring the champion")
-    champion = score_champion(job.client, job.spec.name, prep.X_hold, prep.y_hold, prep.metric, prep.n_classes)
-    decision, reason = decide(fitted.value, champion, prep.metric, job.spec.promotion)
-    mlflow.set_tags({"mlops.decision": decision, "mlops.decision.reason": reason})
-    return champion, decision, reason
+    champion = current_champion(job.client, job.spec.name, prep.metric)
+    report = judge(champion, fitted.model, prep.X_hold, prep.y_hold, prep.recent, prep.metric, prep.n_classes,
+                   job.spec.promotion)
+    mlflow.set_tags(report.tags())
+    mlflow.log_metrics(report.metrics())
+    return report
 
 
 def _conclude(job: Job, run_id: str, candidates: list[Candidate], bar: Bar) -> TrainResult:
@@ -252,16 +272,18 @@ def _conclude(job: Job, run_id: str, candidates: list[Candidate], bar: Bar) -> T
     spec, prep = job.spec, job.prep
     mlflow.log_dict([c.model_dump() for c in candidates], CANDIDATES_ARTIFACT)
     fitted = _fit_and_log(job, candidates[0], bar)
-    champion, decision, reason = _gate(job, fitted, bar)
+    gate = _gate(job, fitted, bar)
+    decision = gate.decision
     bar.step(f"registering as {decision}")
-    tags = job.lineage | {"mlops.metric.value": repr(fitted.value), "mlops.decision": decision,
-                          "mlops.run_id": run_id}
+    tags = job.lineage | gate.tags() | {"mlops.metric.value": repr(fitted.value), "mlops.run_id": run_id}
     version = register(job.client, spec.name, fitted.model_uri, fitted.model_id, run_id, tags, decision)
     bar.step(f"{spec.name} v{version}: {decision}")
+    deciding = gate.recent or gate.holdout  # the rows the decision was made on
     return TrainResult(
-        model_name=spec.name, version=version, decision=decision, reason=reason, metric=prep.metric.name,
-        metric_value=fitted.value, holdout_metrics=fitted.holdout, champion_version_before=champion.version,
-        champion_metric_before=champion.value, dataset_name=spec.dataset.name, dataset_digest=job.dataset.digest,
+        model_name=spec.name, version=version, decision=decision, reason=gate.reason, metric=prep.metric.name,
+        metric_value=fitted.value, holdout_metrics=fitted.holdout, champion_version_before=gate.champion_version,
+        champion_metric_before=deciding.champion, gate=gate, dropped_columns=prep.dropped,
+        dataset_name=spec.dataset.name, dataset_digest=job.dataset.digest,
         dataset_uri=job.dataset.uri, dataset_uploaded=job.dataset.uploaded, task=prep.task,
         best_family=fitted.best.family, best_params=fitted.best.params, n_candidates=len(candidates),
         run_id=run_id, experiment_id=job.experiment_id, seconds=round(time.monotonic() - job.started, 2),

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel
 
+from workloads.training.gate import GateReport
 from workloads.training.metrics import Task
 from workloads.training.search import Candidate
 
@@ -21,7 +22,9 @@ class TrainResult(BaseModel):
     metric_value: float
     holdout_metrics: dict[str, float]
     champion_version_before: str | None
-    champion_metric_before: float | None
+    champion_metric_before: float | None  # on the rows the gate decided on (recent ones after drift)
+    gate: GateReport | None = None  # both models' numbers on each dataset the gate used
+    dropped_columns: dict[str, str] = {}  # identifier-like columns left out of the features, and why
     dataset_name: str
     dataset_digest: str
     dataset_uri: str
@@ -60,6 +63,8 @@ def summary_table(result: TrainResult) -> Any:
         *((f"holdout {k}", f"{v:.4f}") for k, v in result.holdout_metrics.items()),
         ("champion before", "none" if result.champion_version_before is None else
          f"v{result.champion_version_before} ({result.champion_metric_before})"),
+        *gate_rows(result.gate),
+        *((f"dropped {column}", why) for column, why in result.dropped_columns.items()),
         ("dataset", f"{result.dataset_name} {result.dataset_digest} "
                     f"({'stored' if result.dataset_uploaded else 'already stored'})"),
         ("run", result.run_id),
@@ -70,6 +75,20 @@ def summary_table(result: TrainResult) -> Any:
     return table
 
 
+def gate_rows(gate: GateReport | None) -> list[tuple[str, str]]:
+    """The gate's numbers per dataset: `gate recent` and `gate holdout`, challenger vs champion."""
+    if gate is None:
+        return []
+    rows = []
+    for name, c in (("recent", gate.recent), ("holdout", gate.holdout)):
+        if c is None:
+            continue
+        champion = "no champion" if c.champion is None else f"champion {c.champion:.4f}"
+        recorded = "" if c.champion_recorded is None else f" (recorded {c.champion_recorded:.4f})"
+        rows.append((f"gate {name}", f"{gate.metric} on {c.rows} rows: new {c.challenger:.4f}, {champion}{recorded}"))
+    return rows
+
+
 def shard_summary(result: ShardResult) -> str:
     best = "no candidates" if result.best is None else \
         f"best {result.best.family} {result.best.params} cv {result.best.cv_score:.4f}"
@@ -77,7 +96,7 @@ def shard_summary(result: ShardResult) -> str:
             f"{result.n_candidates} candidates, {best} (run {result.run_id})")
 
 
-def permutation_importance(model: Any, X: pd.DataFrame, y: pd.Series, scoring: str | None, seed: int) -> pd.DataFrame:
+def permutation_importance(model: Any, X: pd.DataFrame, y: pd.Series, scoring: Any, seed: int) -> pd.DataFrame:
     from sklearn.inspection import permutation_importance as sklearn_importance
 
     result = sklearn_importance(model, X, y, scoring=scoring, n_repeats=5, random_state=seed, n_jobs=-1)
@@ -152,3 +171,8 @@ class Bar:
 
     def step(self, description: str) -> None:
         self._progress.update(self._task, description=description)
+
+    def note(self, message: str) -> None:
+        """A line above the bar (nothing with --json: the result carries it)."""
+        if not self._progress.disable:
+            self._progress.console.print(f"[yellow]note[/yellow]: {message}")

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from workloads.training.errors import SpecError
-from workloads.training.metrics import Metric, Task, scorer_name
+from workloads.training.metrics import Metric, Task, scorer
 from workloads.training.models import build_pipeline, make_estimator
 from workloads.training.spec import ModelSpec, TrainingSpec
 
@@ -26,7 +26,7 @@ class Candidate(BaseModel):
     """One evaluated candidate."""
 
     index: int  # position in the spec's candidate list (see plan_candidates)
-    family: str
+    family: str  # the built-in family or the estimator's import path
     params: dict[str, Any]
     cv_score: float
     cv_std: float
@@ -39,7 +39,7 @@ class Planned:
 
     index: int  # position in the spec's full candidate list: the identity shards and select agree on
     model_index: int
-    family: str
+    family: str  # the built-in family or the estimator's import path
     params: dict[str, Any]  # estimator parameter -> value (without the pipeline prefix)
 
 
@@ -82,7 +82,7 @@ def search_space(spec: ModelSpec, index: int, estimator: Any) -> dict[str, Any]:
 def check_spaces(spec: TrainingSpec, task: Task) -> None:
     """Every family supports the task and every search space is valid: spec errors before any work."""
     for index, model in enumerate(spec.models):
-        search_space(model, index, make_estimator(model.family, task, spec.seed))
+        search_space(model, index, make_estimator(model.name, task, spec.seed))
 
 
 def _grid_size(space: dict[str, Any]) -> int | None:
@@ -104,12 +104,12 @@ def plan_candidates(spec: TrainingSpec, task: Task) -> list[Planned]:
 
     planned: list[Planned] = []
     for model_index, model in enumerate(spec.models):
-        space = search_space(model, model_index, make_estimator(model.family, task, spec.seed))
+        space = search_space(model, model_index, make_estimator(model.name, task, spec.seed))
         size = _grid_size(space)
         points = (ParameterGrid(space) if size is not None and size <= spec.search.n_iter  # {} is one point
                   else ParameterSampler(space, n_iter=spec.search.n_iter, random_state=spec.seed))
         for params in points:
-            planned.append(Planned(len(planned), model_index, model.family,
+            planned.append(Planned(len(planned), model_index, model.name,
                                    {k.removeprefix("model__"): _plain(v) for k, v in params.items()}))
     return planned
 
@@ -131,26 +131,32 @@ def best_first(candidates: list[Candidate], metric: Metric) -> list[Candidate]:
 
 def evaluate(
     spec: TrainingSpec, task: Task, metric: Metric, n_classes: int, X: pd.DataFrame, y: pd.Series,
-    planned: list[Planned], on_family: Callable[[str, int], None] | None = None,
+    planned: list[Planned], on_family: Callable[[str, int], None] | None = None, *,
+    positive: Any = None, weights: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Cross-validate the given candidates (training split only), all cores; best first."""
+    """Cross-validate the given candidates (training split only), all cores; best first.
+
+    `positive`: the binary target's positive class (metrics.py); `weights`: per-row sample
+    weights for fitting (recent rows after drift), the scores stay unweighted.
+    """
     from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
     folds = (StratifiedKFold if task == "classification" else KFold)(
         n_splits=spec.search.cv, shuffle=True, random_state=spec.seed
     )
     sign = 1.0 if metric.greater_is_better else -1.0
+    fit_params = {} if weights is None else {"model__sample_weight": weights}
     candidates: list[Candidate] = []
     for model_index, model in enumerate(spec.models):
         mine = [p for p in planned if p.model_index == model_index]
         if not mine:
             continue
-        pipeline = build_pipeline(X, make_estimator(model.family, task, spec.seed))
+        pipeline = build_pipeline(X, make_estimator(model.name, task, spec.seed))
         # A grid of single points is exactly this list, evaluated in parallel over candidates x folds.
         grid = [{f"model__{k}": [v] for k, v in p.params.items()} for p in mine]
-        search = GridSearchCV(pipeline, grid, scoring=scorer_name(metric, n_classes), cv=folds, n_jobs=-1,
+        search = GridSearchCV(pipeline, grid, scoring=scorer(metric, n_classes, positive), cv=folds, n_jobs=-1,
                               refit=False, error_score="raise")
-        search.fit(X, y)
+        search.fit(X, y, **fit_params)
         results = search.cv_results_
         for i, p in enumerate(mine):
             candidates.append(Candidate(
@@ -160,13 +166,13 @@ def evaluate(
                 fit_seconds=float(results["mean_fit_time"][i]),
             ))
         if on_family:
-            on_family(model.family, len(mine))
+            on_family(model.name, len(mine))
     return best_first(candidates, metric)
 
 
 def run_search(
     spec: TrainingSpec, task: Task, metric: Metric, n_classes: int, X: pd.DataFrame, y: pd.Series,
-    on_family: Callable[[str, int], None] | None = None,
+    on_family: Callable[[str, int], None] | None = None, *, positive: Any = None,
 ) -> list[Candidate]:
     """Search every family's space with cross-validation; every candidate, best first."""
-    return evaluate(spec, task, metric, n_classes, X, y, plan_candidates(spec, task), on_family)
+    return evaluate(spec, task, metric, n_classes, X, y, plan_candidates(spec, task), on_family, positive=positive)

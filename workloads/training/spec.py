@@ -10,7 +10,7 @@ import hashlib
 import json
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,7 +19,7 @@ from workloads.data.schema import DatasetSchema
 from workloads.environment import StackOutputs
 from workloads.training.errors import SpecError
 from workloads.training.metrics import METRICS, Task
-from workloads.training.models import KNOWN_FAMILIES
+from workloads.training.models import KNOWN_FAMILIES, import_estimator
 
 # --- stack placeholders in URIs ------------------------------------------------------------
 
@@ -80,16 +80,35 @@ class DatasetSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    family: str
+    family: str | None = Field(None, description="a built-in family (models.py)")
+    estimator: str | None = Field(None, description="or a scikit-learn-compatible estimator class by import path")
     # estimator parameter -> a list of choices, or {uniform|loguniform|randint: [low, high]}
     search_space: dict[str, list[Any] | dict[str, list[float]]] = {}
 
     @field_validator("family")
     @classmethod
-    def _known_family(cls, value: str) -> str:
-        if value not in KNOWN_FAMILIES:
+    def _known_family(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_FAMILIES:
             raise ValueError(f"unknown family {value!r}; choose from {KNOWN_FAMILIES}")
         return value
+
+    @field_validator("estimator")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            import_estimator(value)  # ValueError naming what is wrong: reported under the key
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelSpec:
+        if (self.family is None) == (self.estimator is None):
+            raise ValueError("give exactly one of family (built-in) or estimator (import path)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The family, or the estimator's import path: how candidates and runs name it."""
+        return self.family or self.estimator or ""
 
 
 # A tie must not promote: the margin is absolute, in the metric's own units (0.001 roc_auc,
@@ -99,8 +118,28 @@ DEFAULT_MARGIN = 0.001
 
 class PromotionSpec(_Strict):
     margin: float = Field(DEFAULT_MARGIN, ge=0.0,
-                          description="must beat the champion's holdout metric by more than this (absolute)")
+                          description="must beat the champion's metric by more than this (absolute)")
     floor: float | None = Field(None, description="the metric must reach this (or stay under, if lower is better)")
+    max_forgetting: float = Field(
+        0.05, ge=0.0, description="after drift: the challenger's metric on the champion's holdout may trail the "
+                                  "champion's recorded holdout metric by at most this (absolute)")
+
+
+class RetrainingSpec(_Strict):
+    """How a retraining after drift uses the labelled captured rows (workloads/monitoring/retrain.py)."""
+
+    recent_holdout: float = Field(0.5, gt=0.0, lt=1.0,
+                                  description="share of the labelled captured rows held back for the gate")
+    recent_weight: float = Field(1.0, gt=0.0, le=100.0,
+                                 description="sample weight of the labelled captured rows the challenger trains on")
+
+
+class IdColumnsSpec(_Strict):
+    """Identifier-like feature columns (features.py): dropped with a message, or refused."""
+
+    action: Literal["drop", "refuse"] = "drop"
+    max_unique_ratio: float = Field(0.5, gt=0.0, le=1.0,
+                                    description="a text column with more distinct values per row is an identifier")
 
 
 class SearchSpec(_Strict):
@@ -116,7 +155,14 @@ class TrainingSpec(_Strict):
     exclude: list[str] = Field([], description="columns that are not features (ids, timestamps)")
     models: list[ModelSpec] = Field(min_length=1)
     metric: str | None = None
+    positive_class: str | int | bool | None = Field(
+        None, description="binary targets: the class roc_auc, f1 and average_precision score [default: the "
+                          "second of the sorted classes]")
+    predict: Literal["label", "proba"] = Field(
+        "label", description="what the served model returns: labels, or per-class probabilities (classifiers)")
+    id_columns: IdColumnsSpec = IdColumnsSpec()
     promotion: PromotionSpec = PromotionSpec()
+    retraining: RetrainingSpec = RetrainingSpec()
     seed: int = 0
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     search: SearchSpec = SearchSpec()
@@ -128,6 +174,8 @@ class TrainingSpec(_Strict):
             raise ValueError(f"metric: unknown {self.metric!r}; choose from {sorted(METRICS)}")
         if self.target in self.exclude:
             raise ValueError(f"exclude: contains the target {self.target!r}")
+        if self.task == "regression" and (self.predict == "proba" or self.positive_class is not None):
+            raise ValueError("predict: proba and positive_class are for classification, but task is regression")
         return self
 
     @property
@@ -136,11 +184,17 @@ class TrainingSpec(_Strict):
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> TrainingSpec:
+        """The spec in `path`; a relative `dataset.source` is relative to the spec file, not the current directory."""
         try:
             raw = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise SpecError(f"{path}: {exc}") from None
-        return cls.parse(raw, str(path))
+        spec = cls.parse(raw, str(path))
+        source = spec.dataset.source
+        if source is None or "://" in source or source.startswith("{") or Path(source).expanduser().is_absolute():
+            return spec
+        anchored = str((Path(path).resolve().parent / source).resolve())
+        return spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"source": anchored})})
 
     @classmethod
     def parse(cls, raw: Any, source: str = "spec") -> TrainingSpec:

@@ -99,8 +99,12 @@ def log_candidates(
         client.set_terminated(child.info.run_id)
 
 
-def log_model(model: Any, example: pd.DataFrame) -> Any:
-    """The fitted pipeline as the active run's `model` (skops, signature, input example); its ModelInfo."""
+def log_model(model: Any, predict_fn: str, example: pd.DataFrame) -> Any:
+    """The fitted model as the active run's `model` (skops, signature, input example); its ModelInfo.
+
+    `predict_fn` is what the pyfunc's predict calls (`predict`, or `predict_proba` for a model that
+    serves probabilities, probabilities.py); the signature's outputs are what it returns.
+    """
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.utils.requirements_utils import _get_pinned_requirement
@@ -112,8 +116,8 @@ def log_model(model: Any, example: pd.DataFrame) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         return mlflow.sklearn.log_model(
-            model, name=MODEL_ARTIFACT, signature=infer_signature(example, model.predict(example)),
-            input_example=example,
+            model, name=MODEL_ARTIFACT, signature=infer_signature(example, getattr(model, predict_fn)(example)),
+            input_example=example, pyfunc_predict_fn=predict_fn,
             # skops, not pickle: loading cannot run arbitrary code. skops still asks which of the
             # model's types to trust (numpy dtypes, gradient-boosting trees): exactly those of the
             # model this job just fitted, recorded with it; loaders only take models from our registry.
