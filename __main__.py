@@ -79,7 +79,7 @@ if not env.deploy.bootstrap:
     namespace = EnvironmentNamespace("namespace", NamespaceArgs(
         env.namespace, env.name, small=env.kind in ("ci", "local"), retain_on_delete=env.retain_on_delete,
         bind_ci_deployers=env.cluster.mode == "existing"), opts)
-    storage = Storage("storage", StorageArgs(env, namespace=namespace.name), opts)
+    storage = Storage("storage", StorageArgs.of(env, namespace.name), opts)
     database = Database("database", DatabaseArgs(
         env, secrets, namespace.name, vpc_id=cluster.vpc_id, private_subnet_ids=cluster.private_subnet_ids,
         cluster_security_group_id=cluster.security_group_id), opts)
@@ -103,7 +103,7 @@ if not env.deploy.bootstrap:
         env, namespace.name, contract, data_bucket_arn=storage.bucket_arns["data"],
         artifact_bucket_arn=storage.bucket_arns["artifacts"], capture_bucket_arn=storage.bucket_arns["capture"],
         oidc=cluster.oidc), opts)
-    NetworkPolicies("netpol", NetworkPoliciesArgs(env, namespace.name), opts)
+    NetworkPolicies("netpol", NetworkPoliciesArgs.of(env, namespace.name), opts)
     # Scraping, dashboards and alert rules; with observability.enabled, the monitoring stack itself.
     Observability("observability", ObservabilityArgs(env, namespace.name), opts)
 

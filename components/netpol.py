@@ -33,14 +33,23 @@ _INGRESS_CONTROLLER = {"namespaceSelector": {"matchLabels": {
 
 @dataclass(frozen=True)
 class NetworkPoliciesArgs:
-    env: EnvironmentConfig
+    """Which services exist and who may reach them (not the whole environment)."""
+
     namespace: pulumi.Input[str]
+    tracking_host: bool  # an Ingress: admit the ingress controller
+    serving_hosts: bool
+    in_cluster_database: bool
+    minio: bool  # cloud: none
+
+    @classmethod
+    def of(cls, env: EnvironmentConfig, namespace: pulumi.Input[str]) -> NetworkPoliciesArgs:
+        return cls(namespace, bool(env.tracking.host), any(e.host for e in env.serving.endpoints),
+                   env.in_cluster_database, env.cloud == Cloud.none)
 
 
 class NetworkPolicies(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkPoliciesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:netpol:NetworkPolicies", name, None, opts)
-        env = args.env
         policies: dict[str, dict[str, Any]] = {
             "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
             "allow-dns": {
@@ -62,7 +71,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "policyTypes": ["Ingress"],
                 "ingress": [{
                     "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}]
-                    + ([_INGRESS_CONTROLLER] if env.tracking.host else []),
+                    + ([_INGRESS_CONTROLLER] if args.tracking_host else []),
                     "ports": [{"protocol": "TCP", "port": TRACKING_PORT}],
                 }],
             },
@@ -71,19 +80,19 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "policyTypes": ["Ingress"],
                 "ingress": [{
                     "from": [{"podSelector": {}}]
-                    + ([_INGRESS_CONTROLLER] if any(e.host for e in env.serving.endpoints) else []),
+                    + ([_INGRESS_CONTROLLER] if args.serving_hosts else []),
                     "ports": [{"protocol": "TCP", "port": SERVING_PORT}],
                 }],
             },
         }
-        if env.in_cluster_database:
+        if args.in_cluster_database:
             policies["postgres-ingress"] = {
                 "podSelector": {"matchLabels": POSTGRES_LABELS},
                 "policyTypes": ["Ingress"],
                 "ingress": [{"from": [{"podSelector": {"matchLabels": TRACKING_LABELS}}],
                              "ports": [{"protocol": "TCP", "port": POSTGRES_PORT}]}],
             }
-        if env.cloud == Cloud.none:
+        if args.minio:
             policies["minio-ingress"] = {
                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "minio"}},
                 "policyTypes": ["Ingress"],

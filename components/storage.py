@@ -23,7 +23,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.config import Cloud, EnvironmentConfig
+from components.config import Cloud, EnvironmentConfig, StorageConfig
 from components.security import (
     container_security_context,
     pod_security_context,
@@ -37,8 +37,21 @@ MINIO_PORT = 9000
 
 @dataclass(frozen=True)
 class StorageArgs:
-    env: EnvironmentConfig
+    """Storage's own config section and the kind-derived switches it needs, not the whole environment."""
+
+    storage: StorageConfig
+    name: str  # the environment's name (bucket and key names)
+    cloud: Cloud
+    protect: bool
+    retain_on_delete: bool
+    force_destroy: bool
+    access_logs: bool
     namespace: pulumi.Input[str] | None = None  # cloud: none only
+
+    @classmethod
+    def of(cls, env: EnvironmentConfig, namespace: pulumi.Input[str] | None = None) -> StorageArgs:
+        return cls(env.storage, env.name, env.cloud, env.protect, env.retain_on_delete, env.force_destroy,
+                   env.access_logs, namespace)
 
 
 class Storage(pulumi.ComponentResource):
@@ -52,10 +65,10 @@ class Storage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:storage:Storage", name, None, opts)
-        if args.env.cloud == Cloud.aws:
-            self._aws(name, args.env)
+        if args.cloud == Cloud.aws:
+            self._aws(name, args)
         else:
-            self._minio(name, args.env, args.namespace)
+            self._minio(name, args, args.namespace)
         self.register_outputs(
             {
                 "data_bucket": self.data_bucket,
@@ -68,7 +81,7 @@ class Storage(pulumi.ComponentResource):
 
     # --- AWS ------------------------------------------------------------------------------
 
-    def _aws(self, name: str, env: EnvironmentConfig) -> None:
+    def _aws(self, name: str, env: StorageArgs) -> None:
         stateful = pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete)
 
         key = aws.kms.Key(
@@ -93,7 +106,7 @@ class Storage(pulumi.ComponentResource):
         self.s3_endpoint = None
         self.credentials_secret = None
 
-    def _aws_bucket(self, name: str, env: EnvironmentConfig, key: aws.kms.Key,
+    def _aws_bucket(self, name: str, env: StorageArgs, key: aws.kms.Key,
                     stateful: pulumi.ResourceOptions) -> aws.s3.Bucket:
         child = stateful  # a bucket's settings are kept exactly as long as the bucket
         bucket = aws.s3.Bucket(name, force_destroy=env.force_destroy, opts=stateful)
@@ -141,7 +154,7 @@ class Storage(pulumi.ComponentResource):
                                                 opts=child)
         return bucket
 
-    def _capture_expiry(self, name: str, env: EnvironmentConfig, bucket: aws.s3.Bucket,
+    def _capture_expiry(self, name: str, env: StorageArgs, bucket: aws.s3.Bucket,
                         stateful: pulumi.ResourceOptions) -> None:
         """Inference capture holds request payloads: kept `storage.captureRetentionDays`, then expired."""
         aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", bucket=bucket.id, rules=[
@@ -150,7 +163,7 @@ class Storage(pulumi.ComponentResource):
              "expiration": {"days": env.storage.capture_retention_days}},
         ], opts=stateful)
 
-    def _access_logs(self, name: str, env: EnvironmentConfig, buckets: dict[str, aws.s3.Bucket],
+    def _access_logs(self, name: str, env: StorageArgs, buckets: dict[str, aws.s3.Bucket],
                      stateful: pulumi.ResourceOptions) -> None:
         """A log bucket for S3 server access logs of the three buckets (who read or wrote which object)."""
         logs = aws.s3.Bucket(f"{name}-access-logs", force_destroy=env.force_destroy, opts=stateful)
@@ -180,7 +193,7 @@ class Storage(pulumi.ComponentResource):
 
     # --- cloud: none ----------------------------------------------------------------------
 
-    def _minio(self, name: str, env: EnvironmentConfig, namespace: pulumi.Input[str] | None) -> None:
+    def _minio(self, name: str, env: StorageArgs, namespace: pulumi.Input[str] | None) -> None:
         if namespace is None:
             raise ValueError("Storage with cloud 'none' needs the environment's namespace")
         child = pulumi.ResourceOptions(parent=self)
@@ -286,7 +299,7 @@ class Storage(pulumi.ComponentResource):
         self.credentials_secret = credentials.metadata["name"]
 
 
-def lifecycle_rules(env: EnvironmentConfig) -> list[dict[str, object]]:
+def lifecycle_rules(env: StorageArgs) -> list[dict[str, object]]:
     return [
         {"id": "expire-noncurrent-versions", "status": "Enabled", "filter": {},
          "noncurrent_version_expiration": {"noncurrent_days": env.storage.noncurrent_version_days}},
