@@ -54,7 +54,7 @@ def user_data(environment: str, region: str) -> str:
         "#!/bin/bash",
         "set -euo pipefail",
         "dnf install -y -q git jq tar gzip libicu python3.11 python3.11-pip docker",
-        "systemctl enable --now docker",  # prod's deploy copies the image between registries
+        "systemctl enable --now docker",  # registry logins (prod's deploy copies the image between registries)
         "useradd --create-home --groups docker runner",
         "cd /home/runner",
         "url=$(curl -fsSL https://api.github.com/repos/actions/runner/releases/latest | jq -r "
