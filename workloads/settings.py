@@ -121,6 +121,8 @@ class TrainSettings(Settings):
                                           "[default: spec hash + data digest].")
     wait_timeout: float = Field(3600.0, ge=0, le=7 * 24 * 3600,
                                 description="--select: seconds to wait for the shards' finished runs.")
+    retraining: bool = Field(False, description="The data is a monitor's retraining data (with --data): numeric "
+                             "ranges may widen to it; kinds, categories and null rates are still enforced.")
 
     @model_validator(mode="after")
     def _one_step(self) -> TrainSettings:
@@ -128,6 +130,8 @@ class TrainSettings(Settings):
             raise ValueError("--shard and --select: choose one (shards search, select registers)")
         if self.shard is not None and self.shard >= self.shards:
             raise ValueError(f"--shard {self.shard}: must be below --shards {self.shards}")
+        if self.retraining and self.data is None:
+            raise ValueError("--retraining needs --data (the data the monitor handed over)")
         return self
 
 

@@ -145,7 +145,7 @@ def expected_settings(env: EnvironmentConfig, capture_bucket: str) -> dict[str, 
         for name, settings in steps.items():
             expected[name] = settings.model_dump(mode="json")
             if mon.retrain_job == job.name:
-                expected[f"{name} --data"] = settings.model_copy(update={"data": RETRAIN_DATA}).model_dump(mode="json")
+                expected[f"{name} --data"] = settings.model_copy(update={"data": RETRAIN_DATA, "retraining": True}).model_dump(mode="json")
     return expected
 
 

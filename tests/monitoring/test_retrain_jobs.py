@@ -21,7 +21,8 @@ def test_creates_every_job_in_order_with_the_data(api_server, mounted) -> None:
     assert {auth for _, _, auth in received} == {"Bearer pod-token"}
     for _, body, _ in received:
         args = body["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert args == ["train", "/app/specs/churn.yaml", "--data", "s3://capture/monitoring/churn/retrain/run.parquet"]
+        assert args == ["train", "/app/specs/churn.yaml", "--data", "s3://capture/monitoring/churn/retrain/run.parquet",
+                        "--retraining"]
 
 
 def test_a_refused_job_is_a_clear_error(api_server, mounted) -> None:
@@ -40,6 +41,6 @@ def test_no_manifests_is_an_error(tmp_path: Path, mounted) -> None:
 
 def test_with_data_leaves_the_mounted_manifest_alone(job_manifest: dict) -> None:
     job = with_data(job_manifest, "s3://b/k")
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--data", "s3://b/k"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-3:] == ["--data", "s3://b/k", "--retraining"]
     assert job_manifest["spec"]["template"]["spec"]["containers"][0]["args"] == ["train", "/app/specs/churn.yaml"]
 

@@ -158,3 +158,23 @@ def check(df: pd.DataFrame, schema: DatasetSchema, name: str, *, columns: list[s
     violations = validate(df, schema, columns=columns)
     if violations:
         raise DataValidationError(name, violations)
+
+
+def widen_ranges(schema: DatasetSchema, df: pd.DataFrame) -> tuple[DatasetSchema, list[str]]:
+    """`schema` with its numeric ranges widened to cover `df`; the columns that changed.
+
+    Retraining after drift: drifted values are what retraining is for, so they must not fail the
+    range check; kinds, categories and null rates are still enforced.
+    """
+    columns, changes = dict(schema.columns), []
+    for name, col in schema.columns.items():
+        if name not in df.columns or col.kind not in ("integer", "float") or df[name].isna().all():
+            continue
+        lo, hi = float(df[name].min()), float(df[name].max())
+        new_min = min(col.min, lo) if col.min is not None else None
+        new_max = max(col.max, hi) if col.max is not None else None
+        if (new_min, new_max) != (col.min, col.max):
+            columns[name] = col.model_copy(update={"min": new_min, "max": new_max})
+            changes.append(f"{name} [{new_min:g}, {new_max:g}]" if new_min is not None and new_max is not None
+                           else name)
+    return schema.model_copy(update={"columns": columns}), changes

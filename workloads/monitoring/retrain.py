@@ -133,8 +133,9 @@ def _hand_to_jobs(env: Environment, endpoint: str, jobs: Path, newest: pd.DataFr
 
 def _train_here(env: Environment, spec: Any, data: pd.DataFrame) -> tuple[RetrainOutcome, dict[str, Any]]:
     from workloads.training.job import train
+    from workloads.training.spec import widened_for
 
-    spec, widened = _widened(spec, data, env)
+    spec, widened = widened_for(spec, data, env)
     result = train(spec, env, data=data, progress=False)
     reason = f"retrained on {_described(data)}: {result.reason}" + (f"; ranges widened: {widened}" if widened else "")
     return (RetrainOutcome(triggered=True, reason=reason, version=result.version, decision=result.decision,
@@ -159,27 +160,3 @@ def _spec(champ: Champion, retrain_spec: str | None) -> Any:
         return TrainingSpec.from_yaml(retrain_spec)
     source = f"runs:/{champ.run_id}/spec.yaml"
     return TrainingSpec.parse(yaml.safe_load(mlflow.artifacts.load_text(source)), source)
-
-
-def _widened(spec: Any, newest: pd.DataFrame, env: Environment) -> tuple[Any, str]:
-    """The spec with its dataset schema's numeric ranges widened to cover the newest data.
-
-    Drifted values are what retraining is for, so they must not fail the range check; kinds,
-    categories and null rates are still enforced. The stored schema itself is left unchanged.
-    """
-    schema = spec.dataset.data_schema or datasets.load_schema(spec.dataset.name, env)
-    if schema is None:
-        return spec, ""
-    columns, changes = dict(schema.columns), []
-    for name, col in schema.columns.items():
-        if name not in newest.columns or col.kind not in ("integer", "float") or newest[name].isna().all():
-            continue
-        lo, hi = float(newest[name].min()), float(newest[name].max())
-        new_min = min(col.min, lo) if col.min is not None else None
-        new_max = max(col.max, hi) if col.max is not None else None
-        if (new_min, new_max) != (col.min, col.max):
-            columns[name] = col.model_copy(update={"min": new_min, "max": new_max})
-            changes.append(f"{name} [{new_min:g}, {new_max:g}]" if new_min is not None and new_max is not None
-                           else name)
-    dataset = spec.dataset.model_copy(update={"data_schema": schema.model_copy(update={"columns": columns})})
-    return spec.model_copy(update={"dataset": dataset}), ", ".join(changes)

@@ -44,10 +44,10 @@ def api_server() -> str:
 
 
 def with_data(manifest: dict[str, Any], data_uri: str) -> dict[str, Any]:
-    """The Job manifest with `--data <uri>` appended to every container's args."""
+    """The Job manifest with `--data <uri> --retraining` appended to every container's args."""
     job = json.loads(json.dumps(manifest))  # deep copy
     for container in job["spec"]["template"]["spec"]["containers"]:
-        container["args"] = [*container.get("args", []), "--data", data_uri]
+        container["args"] = [*container.get("args", []), "--data", data_uri, "--retraining"]
     return job
 
 

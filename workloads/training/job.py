@@ -59,7 +59,7 @@ from workloads.training.shards import (
     gather_candidates,
     wait_for_shards,
 )
-from workloads.training.spec import TrainingSpec, format_uri
+from workloads.training.spec import TrainingSpec, format_uri, widened_for
 from workloads.training.tracking import (
     CANDIDATES_ARTIFACT,
     experiment_id,
@@ -298,6 +298,8 @@ def run(settings: TrainSettings, env: Environment, *, progress: bool = True) -> 
     spec = TrainingSpec.from_yaml(settings.spec)
     try:
         data = dataset.load(format_uri(settings.data, env.outputs, "--data"), env) if settings.data else None
+        if settings.retraining and data is not None:
+            spec, _ = widened_for(spec, data, env)
         if settings.shard is not None:
             return search_shard(spec, env, settings.shard, settings.shards, group=settings.group, data=data,
                                 progress=progress)

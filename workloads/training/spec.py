@@ -213,3 +213,21 @@ class TrainingSpec(_Strict):
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def widened_for(spec: TrainingSpec, newest: Any, env: Any) -> tuple[TrainingSpec, str]:
+    """The spec with its dataset schema's numeric ranges widened to cover `newest` (retraining after drift).
+
+    Drifted values are what retraining is for, so they must not fail the range check; kinds,
+    categories and null rates are still enforced. The stored schema itself is left unchanged.
+    Used by the in-process retraining and by a retraining Job (`mlops train --retraining`).
+    """
+    from workloads.data import dataset
+    from workloads.data.schema import widen_ranges
+
+    schema = spec.dataset.data_schema or dataset.load_schema(spec.dataset.name, env)
+    if schema is None:
+        return spec, ""
+    widened, changes = widen_ranges(schema, newest)
+    data_spec = spec.dataset.model_copy(update={"data_schema": widened})
+    return spec.model_copy(update={"dataset": data_spec}), ", ".join(changes)
