@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 from components.config import Cloud, EnvironmentConfig
 from components.database import LABELS as POSTGRES_LABELS
 from components.database import PORT as POSTGRES_PORT
+from components.observability import scraper_peer
 from components.serving import PORT as SERVING_PORT
 from components.tracking import CLIENT_LABEL
 from components.tracking import LABELS as TRACKING_LABELS
@@ -40,11 +41,12 @@ class NetworkPoliciesArgs:
     serving_hosts: bool
     in_cluster_database: bool
     minio: bool  # cloud: none
+    scraper: dict[str, Any]  # the Prometheus pods that scrape /metrics (components/observability.py)
 
     @classmethod
     def of(cls, env: EnvironmentConfig, namespace: pulumi.Input[str]) -> NetworkPoliciesArgs:
         return cls(namespace, bool(env.tracking.host), any(e.host for e in env.serving.endpoints),
-                   env.in_cluster_database, env.cloud == Cloud.none)
+                   env.in_cluster_database, env.cloud == Cloud.none, scraper_peer(env))
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -70,7 +72,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "podSelector": {"matchLabels": TRACKING_LABELS},
                 "policyTypes": ["Ingress"],
                 "ingress": [{
-                    "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}]
+                    "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}, args.scraper]
                     + ([_INGRESS_CONTROLLER] if args.tracking_host else []),
                     "ports": [{"protocol": "TCP", "port": TRACKING_PORT}],
                 }],
@@ -79,7 +81,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "podSelector": {"matchLabels": {"app.kubernetes.io/component": "serving"}},
                 "policyTypes": ["Ingress"],
                 "ingress": [{
-                    "from": [{"podSelector": {}}]
+                    "from": [{"podSelector": {}}, args.scraper]
                     + ([_INGRESS_CONTROLLER] if args.serving_hosts else []),
                     "ports": [{"protocol": "TCP", "port": SERVING_PORT}],
                 }],

@@ -127,6 +127,17 @@ def test_tracking_admits_only_its_clients(rendered: dict[str, RenderResult], sta
     assert spec["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5000}]
 
 
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_the_scraper_reaches_metrics_only_from_its_namespace(rendered: dict[str, RenderResult], stack: str) -> None:
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    for name, port in (("tracking-ingress", 5000), ("serving-ingress", 8080)):
+        rule = policy(rendered[stack], name)["ingress"][0]
+        assert scraper in rule["from"], name
+        assert all("namespaceSelector" not in p or p["namespaceSelector"]["matchLabels"] for p in rule["from"])
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
 @pytest.mark.parametrize("stack", ["ci", "local"])
 def test_postgres_admits_only_the_tracking_server(rendered: dict[str, RenderResult], stack: str) -> None:
     spec = policy(rendered[stack], "postgres-ingress")
