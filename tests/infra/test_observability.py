@@ -379,7 +379,17 @@ def check_dashboard_maps(result: RenderResult, labels: dict[str, str], owns_clus
             assert (ns["type"], ns["query"], ns["hide"]) == ("constant", namespace, 2)
 
 
-@pytest.mark.parametrize("stack", ["dev", "local", "ci"])
+def test_the_shipped_stacks_opt_in(rendered: dict[str, RenderResult]) -> None:
+    """dev, staging, prod install the monitoring stack; ci uses dev's operator; local targets an existing one."""
+    for stack in ("dev", "staging", "prod"):
+        assert "kube-prometheus-stack" in releases(rendered[stack]), stack
+    ci = rendered["ci"]
+    assert not releases(ci)
+    assert {m["kind"] for m in to_manifests(ci) if m["apiVersion"] == MONITORING_API} == {"ServiceMonitor",
+                                                                                        "PrometheusRule"}
+
+
+@pytest.mark.parametrize("stack", ["local"])
 def test_default_stacks_ship_dashboards_and_a_rules_file(rendered: dict[str, RenderResult], stack: str,
                                                         exported: set[str]) -> None:
     """Observability off (the defaults): dashboards and a rules file; no CRDs, no Helm release of ours."""
