@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -277,8 +278,69 @@ def test_monitor_in_the_cluster_creates_the_job_instead_of_training(
     assert result.status == "drift" and result.retraining.triggered, result.retraining
     assert "created retraining Job(s) train-churn-retrain-1, train-churn-select-retrain-2" in result.retraining.reason
     assert _versions(env) == versions  # the Job trains, not us
-    data_uri = received[0][1]["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    args = received[0][1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    data_uri = args[args.index("--data") + 1]
     bucket, key = data_uri.removeprefix("s3://").split("/", 1)
     assert bucket == env.outputs.capture_bucket and key == layout.retrain_data_key("in-cluster", result.run_id)
     newest = pd.read_parquet(io.BytesIO(env.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
     assert len(newest) == 1500 + 400  # the reference plus every labelled captured row
+    # the split travels with the data: the Job trains and gates on exactly the rows chosen here
+    roles = newest["_split"].value_counts().to_dict()
+    assert roles == {"train": 1200, "holdout": 300, "recent_train": 200, "recent_holdout": 200}
+    from workloads.training.prepare import prepare
+
+    prep = prepare(champion["spec"], env, newest)
+    assert (len(prep.X_train), len(prep.X_hold), int(prep.recent.sum())) == (1400, 500, 200)
+
+
+# --- the gate after drift (issue 15 section 1) ---------------------------------------------------
+
+
+def _write_captures(env: Environment, endpoint: str, frame: pd.DataFrame, names: list[str]) -> None:
+    """`frame` as one capture file per name, the chunks in the order given (their keys sort differently)."""
+    for name, rows in zip(names, np.array_split(np.arange(len(frame)), len(names)), strict=True):
+        buffer = io.BytesIO()
+        frame.iloc[rows].to_parquet(buffer, index=False)
+        env.s3.put_object(Bucket=env.outputs.capture_bucket, Key=layout.capture_key(endpoint, NOW, name),
+                          Body=buffer.getvalue())
+
+
+def test_the_same_captures_listed_in_another_order_give_the_same_digest_and_decision(env, tmp_path) -> None:
+    """Two identical champions, the same labelled captures written as files that list in opposite orders
+    (all rows captured at one instant, as a flush writes them): the same retraining data and decision."""
+    from workloads.training.job import train
+    from workloads.training.spec import TrainingSpec
+
+    names = [f"order-{uuid.uuid4().hex[:6]}-{side}" for side in ("a", "b")]
+    for name in names:
+        spec = TrainingSpec.parse({
+            "name": name, "dataset": {"name": name}, "target": "churned", "exclude": ["customer_id"],
+            "models": [{"family": "logistic_regression", "search_space": {"C": [1.0]}}],
+            "search": {"n_iter": 1, "cv": 2}, "seed": 4})
+        assert train(spec, env, data=generate(1200, seed=41), progress=False).decision == "champion"
+    drifted = generate(300, seed=42, shift=1.0, concept_drift=0.5)
+    frame = drifted.drop(columns=["churned", "customer_id"])
+    frame["_request_id"] = [f"r-{i // 20:03d}" for i in range(len(frame))]
+    frame["_row"] = [i % 20 for i in range(len(frame))]
+    frame["_ts"] = pd.Timestamp(NOW - timedelta(minutes=5))
+    frame["_model_name"], frame["_model_version"], frame["_prediction"] = "x", "1", 0
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": frame["_request_id"], "row": frame["_row"], "label": drifted["churned"]}).to_csv(
+        labels, index=False)
+    files = [f"{i:02d}" for i in range(5)]
+    _write_captures(env, names[0], frame, files)
+    _write_captures(env, names[1], frame, files[::-1])  # chunk 0 now lists last
+
+    client, found = env.mlflow_client(), []
+    for name in names:
+        result = monitor(MonitorSettings(endpoint=name, model=name, labels=str(labels), cooldown_hours=0), env,
+                         now=NOW)
+        assert result.status == "drift" and result.retraining.version == "2", result.retraining
+        found.append(client.get_model_version(name, "2").tags)
+    digests = [t["mlops.dataset.digest"] for t in found]
+    assert digests[0] == digests[1]
+    gate = {k: v for k, v in found[0].items() if k.startswith(("mlops.gate.", "mlops.decision"))}
+    assert gate == {k: v for k, v in found[1].items() if k.startswith(("mlops.gate.", "mlops.decision"))}
+    # judged on the 150 held-back captured rows, guarded by the champion's 240 holdout rows
+    assert (gate["mlops.gate.recent.rows"], gate["mlops.gate.holdout.rows"]) == ("150", "240")
+    assert gate["mlops.gate.holdout.champion"] == gate["mlops.gate.holdout.champion_recorded"]

@@ -59,6 +59,7 @@ class Summary(BaseModel):
     served_version: str | None
     champion_version: str | None
     seconds: float
+    gate: dict[str, Any] | None = None  # the retrained version's gate (training/gate.py GateReport)
 
 
 def run(workdir: Path = DEFAULT_WORKDIR, sizes: Sizes | None = None, *, down: bool = False,
@@ -94,7 +95,8 @@ def print_summary(summary: Summary, console: Console, stopped: bool) -> None:
     for s in summary.steps:
         table.add_row(s.step, s.outcome, f"{s.seconds:.1f}")
     console.print(table)
-    console.print(f"champion: v{summary.champion_version}; endpoint served v{summary.served_version}")
+    for line in gate_lines(summary.gate, summary.versions.get("retrained") or {}):
+        console.print(line)
     drifted = summary.windows.get("drifted", {})
     if drifted.get("report_uri"):
         console.print(f"drift report: {drifted['report_uri']}")
@@ -104,3 +106,23 @@ def print_summary(summary: Summary, console: Console, stopped: bool) -> None:
                       f"{summary.workdir}` brings it back with everything in it")
     else:
         console.print(f"MLflow UI: {summary.tracking_url}  (stop with `mlops local down --workdir {summary.workdir}`)")
+    console.print(f"[bold]endpoint {ENDPOINT} serves models:/{summary.model_name}@champion = "
+                  f"v{summary.served_version}[/bold]")
+
+
+def gate_lines(gate: dict[str, Any] | None, retrained: dict[str, Any]) -> list[str]:
+    """The retraining gate's numbers on both datasets, and its decision with the reason."""
+    if gate is None:
+        return [f"no gate: {retrained.get('reason', 'no retraining')}"]
+    new, old = f"v{retrained.get('version')}", f"v{gate.get('champion_version')}"
+    lines = [f"gate ({gate['metric']}), {new} against champion {old}:"]
+    recent, holdout = gate.get("recent"), gate["holdout"]
+    if recent:
+        lines.append(f"  recent labelled rows held back ({recent['rows']}): {new} {recent['challenger']:.4f}, "
+                     f"{old} {recent['champion']:.4f}" if recent.get("champion") is not None else
+                     f"  recent labelled rows held back ({recent['rows']}): {new} {recent['challenger']:.4f}")
+    recorded = holdout.get("champion_recorded")
+    lines.append(f"  {old}'s holdout rows ({holdout['rows']}): {new} {holdout['challenger']:.4f}"
+                 + (f", {old} recorded {recorded:.4f}" if recorded is not None else ""))
+    lines.append(f"decision: {new} -> {gate['decision']} ({gate['reason']})")
+    return lines

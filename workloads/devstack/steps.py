@@ -23,6 +23,7 @@ from workloads.environment import Environment
 from workloads.monitoring.monitor import monitor
 from workloads.monitoring.result import MonitorResult, RetrainOutcome
 from workloads.settings import MonitorSettings
+from workloads.training.gate import GateReport
 from workloads.training.job import train
 from workloads.training.report import TrainResult
 from workloads.training.spec import TrainingSpec
@@ -42,6 +43,7 @@ class Quickstart:
         self.first: TrainResult | None = None
         self.windows: dict[str, Any] = {}  # per window: what the monitor found
         self.retraining: RetrainOutcome | None = None  # what the drifted window's monitor did
+        self.gate: GateReport | None = None  # the retrained version's gate: both models on both datasets
         self.served: dict[str, Any] = {}  # the endpoint's /version after the reload
 
     @contextmanager
@@ -105,6 +107,9 @@ class Quickstart:
             labels_for(drifted, "drifted", self.sizes.rows_per_request, self.spec.target).to_csv(labels, index=False)
             step.outcome, step.details = f"{traffic['requests']} requests; labels in {labels}", traffic
         self.retraining = self._monitor("drifted", env, labels=labels).retraining
+        if self.retraining and self.retraining.version:
+            tags = env.mlflow_client().get_model_version(self.spec.name, self.retraining.version).tags
+            self.gate = GateReport.from_tags(dict(tags))
 
     def _monitor(self, window: str, env: Environment, labels: Path | None = None) -> MonitorResult:
         settings = MonitorSettings(
@@ -123,6 +128,10 @@ class Quickstart:
         with self._step("reload") as step:
             self.served = endpoint.reload()
             step.outcome, step.details = f"the endpoint serves v{self.served.get('version')}", {"version": self.served}
+            if self.gate is not None and self.retraining is not None:
+                won = self.gate.decision == "champion"
+                step.outcome += (f": v{self.retraining.version} won on current traffic" if won else
+                                 f": v{self.retraining.version} stayed challenger ({self.gate.reason})")
 
     def champion_version(self, env: Environment) -> str:
         return str(env.mlflow_client().get_model_version_by_alias(self.spec.name, "champion").version)
@@ -136,6 +145,7 @@ class Quickstart:
             versions={"first": {"version": first.version, "decision": first.decision,
                                 "holdout_metrics": first.holdout_metrics},
                       "retrained": self.retraining.model_dump() if self.retraining else None},
+            gate=self.gate.model_dump() if self.gate else None,
             served_version=str(self.served.get("version")), champion_version=champion,
             seconds=round(time.monotonic() - self.started, 1),
         )

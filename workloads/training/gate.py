@@ -61,14 +61,31 @@ class GateReport(BaseModel):
 
     def tags(self) -> dict[str, str]:
         tags = {"mlops.decision": self.decision, "mlops.decision.reason": self.reason, "mlops.gate.metric": self.metric}
+        if self.champion_version is not None:
+            tags["mlops.gate.champion_version"] = self.champion_version
         for name, comparison in (("holdout", self.holdout), ("recent", self.recent)):
             if comparison is not None:
                 tags |= {f"mlops.gate.{name}.{k}": str(v) for k, v in comparison.model_dump().items() if v is not None}
         return tags
 
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> GateReport | None:
+        """The report recorded on a model version or run (`tags()`); None for versions without one."""
+        if "mlops.gate.metric" not in tags or "mlops.decision" not in tags:
+            return None
+        found: dict[str, dict[str, str]] = {}
+        for key, value in tags.items():
+            if key.startswith("mlops.gate.") and key.count(".") == 3:
+                _, _, name, field = key.split(".")
+                found.setdefault(name, {})[field] = value
+        return cls.model_validate({
+            "metric": tags["mlops.gate.metric"], "decision": tags["mlops.decision"],
+            "reason": tags.get("mlops.decision.reason", ""),
+            "champion_version": tags.get("mlops.gate.champion_version"), **found})
+
     def metrics(self) -> dict[str, float]:
         return {f"gate.{k.removeprefix('mlops.gate.')}": float(v) for k, v in self.tags().items()
-                if k.startswith("mlops.gate.") and k != "mlops.gate.metric"}
+                if k.startswith("mlops.gate.") and k.count(".") == 3}
 
 
 @dataclass(frozen=True)
