@@ -275,6 +275,15 @@ class ServingEndpoint(_Section):
     max_batch_rows: int = contract_field(ServeSettings, "max_batch_rows")
     max_wait_ms: float = contract_field(ServeSettings, "max_wait_ms")
     capture: bool = contract_field(ServeSettings, "capture")
+    # Hostile-input bounds a stack may tune (workloads/serving/limits.py, admission.py).
+    max_request_rows: int = contract_field(ServeSettings, "max_request_rows")
+    max_body_bytes: int = contract_field(ServeSettings, "max_body_bytes")
+    max_decoded_bytes: int = contract_field(ServeSettings, "max_decoded_bytes")
+    max_concurrent_requests: int = contract_field(ServeSettings, "max_concurrent_requests")
+    # Loading a pickle-based model runs code from the registry: only if every registry writer is trusted.
+    pickle_allowed: bool = contract_field(ServeSettings, "pickle_allowed")
+    # The Ingress's rate limit per client address (ingress-nginx limit-rps; bursts up to 5x that).
+    rate_limit_rps: int = Field(default=20, ge=1, le=10_000)
     host: cv.HostName | None = None
     # The monitor's ground truth: true = s3://<capture bucket>/labels/<name>/, false = none (drift only).
     monitor_labels: Annotated[bool | str, PlainValidator(_labels_source)] = True

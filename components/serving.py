@@ -17,14 +17,17 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from components.config import EnvironmentConfig, ServingEndpoint
 from components.irsa import irsa_role, service_account_annotations
+from components.observability import serving_pod_annotations
 from components.podenv import inline_contract
 from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
 from components.security import resources
-from components.tracking import CLIENT_LABEL, ingress
+from components.tracking import CLIENT_LABEL
 from components.workload_iam import serving_policy
+from workloads.serving.auth import API_KEYS_ENV, RELOAD_TOKEN_ENV
 from workloads.settings import POD_HOST, ServeSettings, to_args
 
 PORT = 8080
@@ -51,7 +54,23 @@ def serve_settings(endpoint: ServingEndpoint) -> ServeSettings:
     """What `mlops serve` runs with in the pod: the endpoint's config, on all interfaces at PORT."""
     return ServeSettings(model=endpoint.model, alias=endpoint.alias, host=POD_HOST, port=PORT,
                          workers=endpoint.workers, max_batch_rows=endpoint.max_batch_rows,
-                         max_wait_ms=endpoint.max_wait_ms, capture=endpoint.capture, endpoint_name=endpoint.name)
+                         max_wait_ms=endpoint.max_wait_ms, capture=endpoint.capture, endpoint_name=endpoint.name,
+                         max_request_rows=endpoint.max_request_rows, max_body_bytes=endpoint.max_body_bytes,
+                         max_decoded_bytes=endpoint.max_decoded_bytes,
+                         max_concurrent_requests=endpoint.max_concurrent_requests,
+                         pickle_allowed=endpoint.pickle_allowed)
+
+
+def auth_secret_name(endpoint: ServingEndpoint) -> str:
+    return f"{service_name(endpoint)}-auth"
+
+
+def credential_env(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
+    """The endpoint's credentials as the app reads them (workloads/serving/auth.py): the reload token
+    always; API keys when the endpoint is published through an Ingress."""
+    keys = [(RELOAD_TOKEN_ENV, "reload-token")] + ([(API_KEYS_ENV, "api-keys")] if endpoint.host else [])
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": auth_secret_name(endpoint), "key": key}}}
+            for env, key in keys]
 
 
 def serve_container(endpoint: ServingEndpoint) -> Container:
@@ -59,7 +78,7 @@ def serve_container(endpoint: ServingEndpoint) -> Container:
     http = {"path": "/ping", "port": "http"}
     return Container(
         name="serve", command=["mlops", "serve"], args=to_args(settings),
-        resources=resources(endpoint.cpu, endpoint.memory),
+        resources=resources(endpoint.cpu, endpoint.memory), env=credential_env(endpoint),
         extra={
             # The Service's targetPort and the probes name this port: the one `mlops serve` listens on.
             "ports": [{"name": "http", "containerPort": settings.port}],
@@ -124,7 +143,8 @@ class Serving(pulumi.ComponentResource):
                     "metadata": {
                         "labels": {**labels, **CLIENT_LABEL},
                         # A new configured version changes the template: the Deployment rolls.
-                        "annotations": {MODEL_VERSION_ANNOTATION: endpoint.model_version or endpoint.alias},
+                        "annotations": {MODEL_VERSION_ANNOTATION: endpoint.model_version or endpoint.alias,
+                                        **serving_pod_annotations(args.env, PORT)},
                     },
                     "spec": pods.spec(pod),
                 },
@@ -143,10 +163,51 @@ class Serving(pulumi.ComponentResource):
         k8s.policy.v1.PodDisruptionBudget(f"{rname}-pdb", metadata=meta,
                                           spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=child)
         k8s.core.v1.Service(f"{rname}-svc", metadata=meta, spec=_service_spec(labels), opts=child)
+        self._credentials(rname, endpoint, meta)
         if endpoint.host:
-            ingress(self, f"{rname}-ingress", svc, args.namespace, endpoint.host, None, svc, SERVICE_PORT, labels)
+            k8s.networking.v1.Ingress(f"{rname}-ingress", metadata={**meta, "annotations": ingress_annotations(endpoint)},
+                                      spec=ingress_spec(endpoint), opts=child)
+
+    def _credentials(self, rname: str, endpoint: ServingEndpoint, meta: dict[str, Any]) -> None:
+        """The endpoint's Secret: a reload token, and an API key when it has a public host (rotate by
+        replacing the random resource; clients read the key from this Secret)."""
+        child = pulumi.ResourceOptions(parent=self)
+        data = {"reload-token": random.RandomPassword(f"{rname}-reload-token", length=40, special=False,
+                                                      opts=child).result}
+        if endpoint.host:
+            data["api-keys"] = random.RandomPassword(f"{rname}-api-key", length=40, special=False, opts=child).result
+        k8s.core.v1.Secret(f"{rname}-auth", metadata={**meta, "name": auth_secret_name(endpoint)}, string_data=data,
+                           opts=child)
 
 
 def _service_spec(labels: dict[str, str]) -> dict[str, Any]:
     return {"type": "ClusterIP", "selector": labels,
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}]}
+
+
+# Published through ingress-nginx: scoring and readiness only (/reload, /metrics, /version stay
+# inside the cluster). Clients authenticate with an API key the app checks (Authorization: Bearer,
+# keys from the endpoint's Secret): the check travels with the endpoint, so it holds behind any
+# ingress controller or port-forward and for in-cluster callers of a public endpoint, and the
+# stack needs no htpasswd hashing (bcrypt salts would change every render). nginx adds what it
+# does best at the edge: a per-client rate limit, a connection cap, buffered bodies (slow clients
+# never reach the pod) within the body size the app accepts.
+PUBLIC_PATHS = ("/invocations", "/ping")
+
+
+def ingress_annotations(endpoint: ServingEndpoint) -> dict[str, str]:
+    nginx = "nginx.ingress.kubernetes.io"
+    return {f"{nginx}/ssl-redirect": "true",
+            f"{nginx}/limit-rps": str(endpoint.rate_limit_rps),
+            f"{nginx}/limit-burst-multiplier": "5",
+            f"{nginx}/limit-connections": str(max(endpoint.rate_limit_rps // 2, 2)),
+            f"{nginx}/proxy-body-size": str(endpoint.max_body_bytes),
+            f"{nginx}/proxy-request-buffering": "on",
+            f"{nginx}/proxy-read-timeout": "60"}
+
+
+def ingress_spec(endpoint: ServingEndpoint) -> dict[str, Any]:
+    backend = {"service": {"name": service_name(endpoint), "port": {"number": SERVICE_PORT}}}
+    return {"tls": [{"hosts": [endpoint.host], "secretName": f"{service_name(endpoint)}-tls"}],
+            "rules": [{"host": endpoint.host, "http": {"paths": [
+                {"path": path, "pathType": "Exact", "backend": backend} for path in PUBLIC_PATHS]}}]}

@@ -54,6 +54,26 @@ class ServeSettings(Settings):
     max_batch_rows: int = Field(256, ge=1, le=100_000, description="Rows per predict call; 1 = off.")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits for more requests.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, le=1024**3, description="Larger bodies get 413.")
+    # Hostile-input bounds (workloads/serving/limits.py, admission.py, connection.py): checked
+    # before a DataFrame is built, per worker process.
+    max_request_rows: int = Field(10_000, ge=1, le=10_000_000, description="Rows per request; more get 413.")
+    max_decoded_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=1024**3,
+                                   description="A request's values once decoded (Parquet, JSON, CSV); more get 413.")
+    max_concurrent_requests: int = Field(64, ge=1, le=10_000,
+                                         description="Scoring requests in flight per worker; more get 503.")
+    max_inflight_bytes: int = Field(128 * 1024 * 1024, ge=1024**2, le=16 * 1024**3,
+                                    description="Bodies and decoded values in flight per worker; more get 503.")
+    max_connections: int = Field(2048, ge=1, le=100_000, description="Open connections per worker; more get 503.")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024**2,
+                                  description="Request line and headers; larger get 431.")
+    max_headers: int = Field(100, ge=8, le=10_000, description="Header fields per request; more get 431.")
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600,
+                                          description="A request's headers must arrive within this; else 408.")
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600,
+                                        description="A request's body must arrive within this; else 408.")
+    keep_alive_seconds: float = Field(5.0, gt=0, le=600, description="Idle keep-alive connections close after this.")
+    pickle_allowed: bool = Field(False, description="Load pickle-based models (loading runs code from the model "
+                                 "file); else only skops sklearn models with the project's trusted types.")
     capture: bool = Field(True, description="Write inputs and outputs to S3.")
     endpoint_name: str | None = Field(None, pattern=NAME, description="Capture prefix [default: the model name].")
     capture_flush_seconds: float = Field(10.0, gt=0, le=3600, description="Flush captured records this often.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.serving.helpers import small_frame
 from workloads.environment import Environment, StackOutputs
 from workloads.serving import server
 from workloads.serving.app import ServingApp
+from workloads.serving.connection import GuardedHttpToolsProtocol
 from workloads.serving.model import LoadedModel
 from workloads.serving.protocol import Answer
 from workloads.settings import ServeSettings
@@ -108,12 +110,15 @@ async def _over_asgi(app: ServingApp, model: LoadedModel | None) -> list[httpx.R
 def test_invocations_route_not_ready_then_ready(small_model: LoadedModel) -> None:
     get, not_ready, too_big, ping = asyncio.run(_over_asgi(serving_app(max_body_bytes=100), None))
     assert get.status_code == 405 and get.headers["allow"] == "POST"
-    assert not_ready.status_code == 503 and not_ready.headers["x-request-id"] == "a"
+    assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
+    # The server assigns the id (capture and labels join on it); a valid client id is only echoed.
+    assert uuid.UUID(not_ready.headers["x-request-id"]) and not_ready.headers["x-client-request-id"] == "a"
     assert "models:/m@champion is not loaded yet" in not_ready.json()["message"]
     assert ping.status_code == 503 and too_big.status_code == 503  # nothing is read before a model is loaded
 
     get, ok, too_big, ping = asyncio.run(_over_asgi(serving_app(max_body_bytes=100_000), small_model))
-    assert ok.status_code == 200 and ok.headers["x-model-version"] == "1" and ok.headers["x-request-id"] == "a"
+    assert ok.status_code == 200 and ok.headers["x-model-version"] == "1" and ok.headers["x-client-request-id"] == "a"
+    assert ok.headers["x-request-id"] != not_ready.headers["x-request-id"]
     assert len(ok.json()["predictions"]) == 2 and ping.status_code == 200
     _, _, too_big, _ = asyncio.run(_over_asgi(serving_app(max_body_bytes=100), small_model))
     assert too_big.status_code == 413 and "exceeds the limit of 100" in too_big.json()["message"]
@@ -134,7 +139,7 @@ def test_first_loaded_model_is_frozen_out_of_the_collectors_view(small_model: Lo
         version[0] = "2"
         assert asyncio.run(app.holder.refresh()) is True
         assert gc.get_freeze_count() == 0  # replaced versions stay collectable
-        assert 'mlops_model_ready 1.0' in app.metrics.exposition()[0].decode()
+        assert 'mlops_model_ready{mlops_endpoint="m"} 1.0' in app.metrics.exposition()[0].decode()
     finally:
         gc.unfreeze()
 
@@ -148,13 +153,18 @@ def test_serve_listens_where_the_settings_say_and_hands_workers_their_environmen
 
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    # Multiprocess metrics are prepared before the workers start (process-wide: recorded, not done here).
+    monkeypatch.setattr(server.prometheus, "prepare_multiprocess", lambda: calls.append({"metrics": True}))
     for name in (server.WORKER_ENV, _MLFLOW_IS_IN_SERVING_ENVIRONMENT.name):  # both restored after the test
         monkeypatch.delenv(name, raising=False)
     settings = ServeSettings(model="churn", host="0.0.0.0", port=8080, workers=3, endpoint_name="churn-ep")
     env = Environment(UNREACHABLE, tmp_path)
     server.serve(settings, env)
-    ((call,),) = [calls]
+    metrics, call = calls
+    assert metrics == {"metrics": True}
     assert (call["host"], call["port"], call["workers"], call["factory"]) == ("0.0.0.0", 8080, 3, True)
+    # The limits uvicorn lacks come from our protocol; the ones it has from the settings.
+    assert call["http"] is GuardedHttpToolsProtocol and call["timeout_keep_alive"] == settings.keep_alive_seconds
     assert call["app"] == server.APP_FACTORY
     worker = server.worker_app()
     assert worker.settings == settings and worker.settings.endpoint == "churn-ep"

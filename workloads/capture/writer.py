@@ -109,10 +109,22 @@ class CaptureWriter:
 
     def _warm_up(self) -> None:
         """Pay the one-off costs (pyarrow's Parquet writer, botocore's service model) now, not in the
-        middle of serving traffic; and say early when the capture bucket is unreachable."""
+        middle of serving traffic; and say early when the capture bucket is unreachable.
+
+        No S3 request: HeadBucket is authorized as s3:ListBucket, which the serving role does not
+        have. Presigning a PutObject resolves the endpoint and signs offline; a TCP connect to that
+        endpoint says whether it is reachable."""
+        import socket
+        from urllib.parse import urlsplit
+
+        from workloads.layout import capture_prefix
+
         try:
             write_parquet(to_arrow(pd.DataFrame({"x": [0.0], "s": ["a"]})), io.BytesIO())
-            self._s3.head_bucket(Bucket=self.bucket)
+            url = urlsplit(self._s3.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": capture_prefix(self.endpoint)}, ExpiresIn=60))
+            port = url.port or (443 if url.scheme == "https" else 80)
+            socket.create_connection((url.hostname or "", port), timeout=2).close()
         except Exception as exc:
             log.warning("capture: s3://%s not reachable yet (%s); records stay buffered until it is", self.bucket, exc)
 

@@ -7,7 +7,13 @@ the fast path (fast_path.py), and concurrent requests are coalesced into one `pr
 (batching.py).
 
 Endpoints: POST /invocations, GET /ping (readiness), /health (liveness), /version (JSON),
-/metrics (Prometheus; per worker process), POST /reload (also SIGHUP, see server.py).
+/metrics (Prometheus, all workers), POST /reload (also SIGHUP, see server.py). Only /invocations
+and /ping are published through an Ingress (components/serving.py).
+
+Hostile input is bounded before it costs anything: API key (auth.py), then admission (requests
+and bytes in flight, admission.py), then the body (size and time, asgi.py), then its decoded
+size and rows (limits.py) before a DataFrame exists; headers and idle connections at the
+connection (connection.py). Capture records the server's request id (asgi.request_ids).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import gc
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +33,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from workloads.capture.writer import CaptureWriter
-from workloads.serving.asgi import read_body, request_headers, send_answer
+from workloads.serving.admission import Admission, Ticket
+from workloads.serving.asgi import read_body, request_headers, request_ids, send_answer
+from workloads.serving.auth import Credentials
 from workloads.serving.batching import MicroBatcher, is_frame
+from workloads.serving.connection import ConnectionLimits
 from workloads.serving.fast_path import Fallback
+from workloads.serving.limits import RequestLimits
 from workloads.serving.metrics import Metrics
 from workloads.serving.model import LoadedModel, ModelHolder
 from workloads.serving.protocol import (
@@ -53,14 +62,18 @@ if TYPE_CHECKING:
 class ServingApp:
     """The worker's state (model holder, capture, metrics, batcher) and its handlers; an ASGI app."""
 
-    def __init__(self, settings: ServeSettings, env: Environment) -> None:
+    def __init__(self, settings: ServeSettings, env: Environment, credentials: Credentials | None = None) -> None:
         self.settings = settings
-        self.holder = ModelHolder(settings.model, settings.alias, env)
+        self.credentials = credentials or Credentials()
+        self.holder = ModelHolder(settings.model, settings.alias, env, settings.pickle_allowed)
         self.capture = CaptureWriter.for_environment(
             env, settings.endpoint, flush_seconds=settings.capture_flush_seconds,
             batch_rows=settings.capture_batch_rows, max_buffer_rows=settings.capture_max_buffer_rows,
         ) if settings.capture else None
-        self.metrics = Metrics(self.capture)
+        self.limits = RequestLimits(settings.max_request_rows, settings.max_decoded_bytes)
+        self.admission = Admission(settings.max_concurrent_requests, settings.max_inflight_bytes)
+        self.connection_limits = ConnectionLimits.of(settings)  # read by connection.py's protocol
+        self.metrics = Metrics(settings.endpoint, self.capture)
         self.holder.on_swap += [self.metrics.on_swap, _freeze_first_model]
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.max_wait_ms, self.metrics.on_batch,
                                     self.capture)
@@ -81,25 +94,27 @@ class ServingApp:
     # -- scoring ------------------------------------------------------------------------------
 
     async def invocations(self, model: LoadedModel, body: bytes, content_type: str | None,
-                          request_id: str) -> Answer:
-        """Score one request body: the answer MLflow's scoring server would give, without HTTP."""
+                          request_id: str, limits: RequestLimits | None = None) -> Answer:
+        """Score one request body: the answer MLflow's scoring server would give, without HTTP.
+        `limits` (default: the settings') are checked before anything is built from the body."""
+        limits = limits or self.limits
         try:
-            content = await self._fast_path(model, body, content_type, request_id)
+            payload = limits.json_payload(body) if content_type in PLAIN_JSON else None
+            content = await self._fast_path(model, payload, request_id)
             if content is None:
                 self.metrics.mlflow_path.inc()
-                content = await self._mlflow_path(model, body, content_type, request_id)
+                content = await self._mlflow_path(model, body, content_type, request_id, limits, payload)
             else:
                 self.metrics.fast_path.inc()
         except Reject as r:
             return r.answer
         return Answer(200, content)
 
-    async def _fast_path(self, model: LoadedModel, body: bytes, content_type: str | None,
-                         request_id: str) -> str | None:
+    async def _fast_path(self, model: LoadedModel, payload: Any, request_id: str) -> str | None:
         """The response body, or None when the request needs the MLflow path."""
-        if model.fast is None or content_type not in PLAIN_JSON:
+        if model.fast is None or payload is None:
             return None
-        data = model.fast.parse(body)
+        data = model.fast.from_payload(payload)
         if data is None:
             return None
         try:
@@ -109,13 +124,13 @@ class ServingApp:
         return response_json(predictions)
 
     async def _mlflow_path(self, model: LoadedModel, body: bytes, content_type: str | None,
-                           request_id: str) -> str:
+                           request_id: str, limits: RequestLimits, payload: Any) -> str:
         """MLflow's parsing and validation per request: every format, every error message."""
         from mlflow.exceptions import MlflowException
 
         data = None
         try:
-            data, params, unified = parse_request(body, content_type, model)
+            data, params, unified = parse_request(body, content_type, model, limits, payload)
             data, params = model.validate(data, params)
         except MlflowException as e:
             # The stock server wraps schema errors raised by predict in this prefix.
@@ -139,20 +154,35 @@ class ServingApp:
             return
         started = time.perf_counter()
         headers = request_headers(scope)
-        request_id = headers[b"x-request-id"] or str(uuid.uuid4())
-        out = [(b"x-request-id", request_id.encode("latin-1"))]
+        request_id, client_id = request_ids(headers[b"x-request-id"])
+        out = [(b"x-request-id", request_id.encode())]
+        if client_id:
+            out.append((b"x-client-request-id", client_id.encode()))
+        if not self.credentials.may_score(headers[b"authorization"]):
+            answer = error(401, "UNAUTHENTICATED", "an API key is required: Authorization: Bearer <key>").answer
+            await send_answer(send, answer, [*out, (b"www-authenticate", b'Bearer realm="invocations"')])
+        else:
+            try:
+                with self.admission.ticket() as ticket:  # held until the answer is out
+                    answer = await self._admitted(headers, receive, ticket, request_id, out)
+                    await send_answer(send, answer, out)
+            except Reject as overloaded:
+                answer = overloaded.answer
+                await send_answer(send, answer, out)
+        self.metrics.observe_request(answer.status, time.perf_counter() - started)
+
+    async def _admitted(self, headers: dict[bytes, str | None], receive: Any, ticket: Ticket, request_id: str,
+                        out: list[tuple[bytes, bytes]]) -> Answer:
         model = self.holder.current
         try:
             if model is None:
                 raise error(503, "TEMPORARILY_UNAVAILABLE", self.holder.not_ready_reason())
             out.append((b"x-model-version", model.version.encode()))
-            body = await read_body(receive, headers[b"content-length"], self.settings.max_body_bytes)
+            body = await read_body(receive, headers[b"content-length"], self.settings.max_body_bytes, ticket,
+                                   self.settings.body_timeout_seconds)
         except Reject as r:
-            answer = r.answer
-        else:
-            answer = await self.invocations(model, body, headers[b"content-type"], request_id)
-        await send_answer(send, answer, out)
-        self.metrics.observe_request(answer.status, time.perf_counter() - started)
+            return r.answer
+        return await self.invocations(model, body, headers[b"content-type"], request_id, self.limits.bound(ticket))
 
     # -- the other routes -----------------------------------------------------------------------
 
@@ -177,6 +207,13 @@ class ServingApp:
         return JSONResponse(self.version_info())
 
     async def reload(self, request: Request) -> Response:
+        client = request.client.host if request.client else None
+        if not self.credentials.may_reload(request.headers.get("authorization"), client):
+            status = 401 if self.credentials.reload_token else 403
+            message = ("a reload token is required: Authorization: Bearer <token>" if status == 401 else
+                       "reload is accepted from the network only with a token (SERVING_RELOAD_TOKEN)")
+            return JSONResponse({"error_code": "PERMISSION_DENIED", "message": message}, status_code=status,
+                                headers={"WWW-Authenticate": 'Bearer realm="reload"'} if status == 401 else None)
         swapped = await self.holder.refresh()
         info = {**self.version_info(), "reloaded": swapped}
         if self.holder.current is None:
@@ -197,10 +234,11 @@ class ServingApp:
         self.batcher.start()
         if self.capture is not None:
             self.capture.start()
+        self.metrics.start()
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[Any]] = {
             loop.create_task(self.holder.poll(self.settings.poll_seconds, self.settings.bootstrap_poll_seconds))}
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread: no SIGHUP
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not on the main thread: no SIGHUP
             loop.add_signal_handler(signal.SIGHUP, lambda: tasks.add(loop.create_task(self.holder.refresh())))
         try:
             yield
@@ -210,6 +248,7 @@ class ServingApp:
             await self.batcher.stop()
             if self.capture is not None:
                 await asyncio.to_thread(self.capture.close)
+            self.metrics.stop()
 
 
 def _freeze_first_model(old: LoadedModel | None, new: LoadedModel) -> None:

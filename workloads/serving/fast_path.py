@@ -66,6 +66,10 @@ class FastSchema:
             payload = json.loads(body)
         except (ValueError, RecursionError):  # invalid JSON or UTF-8, or nested too deep
             return None
+        return self.from_payload(payload)
+
+    def from_payload(self, payload: Any) -> FastInput | None:
+        """The decoded body's columns, or None when it is not the common case."""
         if type(payload) is not dict or len(payload) != 1:  # params, two format keys, LLM input...
             return None
         ((key, value),) = payload.items()

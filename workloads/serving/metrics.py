@@ -1,10 +1,12 @@
-"""Prometheus metrics of one serving worker (each worker process has its own registry)."""
+"""Prometheus metrics of `mlops serve`: each worker counts in its own registry, and /metrics
+answers for all workers (prometheus.py's multiprocess mode when the server prepared it), every
+sample labelled `mlops_endpoint`."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from workloads.serving import prometheus
 
 if TYPE_CHECKING:
     from workloads.capture.writer import CaptureWriter
@@ -18,9 +20,10 @@ _REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     """Requests by status and latency, batch sizes, the version served, the path each request took."""
 
-    def __init__(self, capture: CaptureWriter | None = None) -> None:
+    def __init__(self, endpoint: str, capture: CaptureWriter | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.endpoint = endpoint
         self.registry = r = CollectorRegistry()
         self.requests = Counter("mlops_serving_requests", "Scoring requests by HTTP status", ["status"], registry=r)
         self.latency = Histogram("mlops_serving_request_seconds", "Scoring request latency", registry=r,
@@ -30,14 +33,16 @@ class Metrics:
         self.batch_requests = Histogram("mlops_serving_batch_requests", "Requests per predict call", registry=r,
                                         buckets=_REQUEST_BUCKETS)
         self.model_info = Gauge("mlops_model_version_info", "The model version being served (value 1)",
-                                ["model", "alias", "version"], registry=r)
-        self.ready = Gauge("mlops_model_ready", "1 when a model version is loaded", registry=r)
+                                ["model", "alias", "version"], registry=r,
+                                multiprocess_mode=prometheus.GAUGE_MODES["mlops_model_version_info"])
+        self.ready = Gauge("mlops_model_ready", "1 when a model version is loaded", registry=r,
+                           multiprocess_mode=prometheus.GAUGE_MODES["mlops_model_ready"])
         paths = Counter("mlops_serving_path_requests", "Scoring requests by path: fast (batch-parsed) or mlflow "
                         "(MLflow's per-request parsing)", ["path"], registry=r)
         self.fast_path, self.mlflow_path = paths.labels("fast"), paths.labels("mlflow")
         self._by_status: dict[int, Any] = {}
-        if capture is not None:
-            r.register(_CaptureCollector(capture))
+        # The capture writer's own counts, synced into the registry every second and at each scrape.
+        self.bridge = prometheus.capture_bridge(r, capture) if capture is not None else None
 
     def observe_request(self, status: int, seconds: float) -> None:
         counter = self._by_status.get(status)
@@ -51,31 +56,23 @@ class Metrics:
         self.batch_requests.observe(requests)
 
     def on_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
-        if old is not None:
-            with contextlib.suppress(KeyError):
-                self.model_info.remove(old.name, old.alias, old.version)
+        if old is not None:  # 0, not removed: in multiprocess mode a removed series lingers in the files
+            self.model_info.labels(old.name, old.alias, old.version).set(0)
         self.model_info.labels(new.name, new.alias, new.version).set(1)
         self.ready.set(1)
 
+    def start(self) -> None:
+        if self.bridge is not None:
+            self.bridge.start()
+
+    def stop(self) -> None:
+        """At worker shutdown: the last capture counts in, then this worker's live gauges out."""
+        if self.bridge is not None:
+            self.bridge.stop()
+        prometheus.worker_exit()
+
     def exposition(self) -> tuple[bytes, str]:
-        """The scrape body and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _CaptureCollector:
-    """Reads the capture writer's counters at scrape time."""
-
-    def __init__(self, capture: CaptureWriter) -> None:
-        self.capture = capture
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        s = self.capture.stats
-        yield CounterMetricFamily("mlops_capture_records_written", "Captured rows written", value=s.records_written)
-        yield CounterMetricFamily("mlops_capture_records_dropped", "Captured rows dropped (buffer full or lost)",
-                                  value=s.records_dropped)
-        yield CounterMetricFamily("mlops_capture_flush_errors", "Failed capture writes", value=s.flush_errors)
-        yield GaugeMetricFamily("mlops_capture_buffered_rows", "Rows waiting to be written", value=s.buffered_rows)
+        """The scrape body (every worker's values) and its content type."""
+        if self.bridge is not None:
+            self.bridge.sync()
+        return prometheus.exposition(self.registry, labels={"mlops_endpoint": self.endpoint})

@@ -81,9 +81,10 @@ Swap = Callable[[LoadedModel | None, LoadedModel], None]
 class ModelHolder:
     """The version being served; swapped atomically when the alias moves (in-flight requests keep theirs)."""
 
-    def __init__(self, name: str, alias: str, env: Environment) -> None:
+    def __init__(self, name: str, alias: str, env: Environment, pickle_allowed: bool = False) -> None:
         self.name = name
         self.alias = alias
+        self.pickle_allowed = pickle_allowed  # loading.py: pickle-based models refused unless allowed
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.on_swap: list[Swap] = []  # called on the event loop after each swap
@@ -102,10 +103,10 @@ class ModelHolder:
         return str(mv.version), mv.run_id
 
     def _load(self, version: str, run_id: str | None) -> LoadedModel:
-        import mlflow.pyfunc
+        from workloads.serving.loading import load_pyfunc
 
         with self._env.tracking():  # `models:/` URIs resolve through the environment's registry
-            model = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
+            model = load_pyfunc(f"models:/{self.name}/{version}", self.pickle_allowed)
         return LoadedModel.of(model, self.name, self.alias, version, run_id)
 
     async def refresh(self) -> bool:

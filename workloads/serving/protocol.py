@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow.exceptions import MlflowException
 
+    from workloads.serving.limits import RequestLimits
     from workloads.serving.model import LoadedModel
 
 JSON = "application/json"
@@ -60,8 +61,13 @@ def unsupported_type(content_type: str | None) -> Reject:
                        f"Got '{content_type}'.", TEXT)
 
 
-def parse_request(body: bytes, content_type: str | None, model: LoadedModel) -> tuple[Any, dict | None, bool]:
-    """(data, params, unified_llm) from a request, with MLflow's own parsers and messages."""
+def parse_request(body: bytes, content_type: str | None, model: LoadedModel, limits: RequestLimits,
+                  payload: Any = None) -> tuple[Any, dict | None, bool]:
+    """(data, params, unified_llm) from a request, with MLflow's own parsers and messages.
+
+    `limits` are checked before a parser builds anything; `payload` is the JSON body already
+    decoded (and checked) by the fast path, if it was.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import BAD_REQUEST
     from mlflow.pyfunc import scoring_server as ss
@@ -72,6 +78,7 @@ def parse_request(body: bytes, content_type: str | None, model: LoadedModel) -> 
     mime_type = _checked_mime_type(content_type)
     try:
         if mime_type == ss.CONTENT_TYPE_CSV:
+            limits.check_csv(body)
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError as ex:
@@ -80,11 +87,16 @@ def parse_request(body: bytes, content_type: str | None, model: LoadedModel) -> 
                 ) from ex
             return ss.parse_csv_input(csv_input=StringIO(text), schema=model.input_schema), None, False
         if mime_type == ss.CONTENT_TYPE_JSON:
-            parsed = ss._parse_json_data(body, model.pyfunc.metadata, model.input_schema)
+            if payload is None:
+                payload = limits.json_payload(body)
+            # A decoded object is parsed as is; anything else again from the bytes, for MLflow's message.
+            parsed = ss._parse_json_data(payload if isinstance(payload, dict) else body, model.pyfunc.metadata,
+                                         model.input_schema)
             return parsed.data, parsed.params, parsed.is_unified_llm_input
         if mime_type == ss.CONTENT_TYPE_PARQUET:
+            limits.check_parquet(body)
             return ss.parse_parquet_input(parquet_input=BytesIO(body)), None, False
-    except MlflowException:
+    except (MlflowException, Reject):
         raise
     except Exception as exc:  # anything else a parser raises is still the payload's fault
         # error_code takes the proto enum: the string "BAD_REQUEST" would turn into a 500.

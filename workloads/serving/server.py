@@ -5,9 +5,13 @@ outputs as JSON in one environment variable and build their own `Environment` fr
 plumbing only; nothing reads the outputs from anywhere else). The address is the settings'
 `--host` (`0.0.0.0` in a pod, so the Service and the probes reach it).
 
-Reloading the alias: `POST /reload` on any worker, or SIGHUP. With one worker SIGHUP reaches
-the app itself, which re-resolves the alias in place; with several, uvicorn's supervisor gets it
-and replaces the workers one by one, each loading what the alias points at on startup.
+Reloading the alias: `POST /reload` on any worker (with the reload token, auth.py), or SIGHUP.
+With one worker SIGHUP reaches the app itself, which re-resolves the alias in place; with
+several, uvicorn's supervisor gets it and replaces the workers one by one, each loading what
+the alias points at on startup.
+
+Each worker's connections are bounded by connection.py's protocol; /metrics merges all workers
+(prometheus.py's multiprocess directory, prepared here before any worker starts).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from workloads.environment import Environment, StackOutputs
+from workloads.serving import prometheus
 from workloads.serving.app import ServingApp
+from workloads.serving.auth import Credentials
+from workloads.serving.connection import uvicorn_options
+from workloads.serving.loading import pickle_switch
 from workloads.settings import ServeSettings
 
 WORKER_ENV = "MLOPS_SERVE_WORKER"  # how the supervisor hands settings and outputs to uvicorn workers
@@ -50,7 +58,8 @@ def worker_app() -> ServingApp:
 
     config = WorkerConfig.model_validate_json(os.environ[WORKER_ENV])
     os.environ[_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name] = "true"  # what mlflow's scoring server sets
-    return ServingApp(config.settings, config.environment())
+    pickle_switch(config.settings.pickle_allowed)  # MLflow's own guard too, for any loader it runs
+    return ServingApp(config.settings, config.environment(), Credentials.from_environ())
 
 
 def serve(settings: ServeSettings, env: Environment) -> None:
@@ -58,17 +67,18 @@ def serve(settings: ServeSettings, env: Environment) -> None:
     import uvicorn
 
     os.environ[WORKER_ENV] = WorkerConfig.of(settings, env).model_dump_json()
+    prometheus.prepare_multiprocess()  # before any worker or metric exists
     uvicorn.run(
         APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        access_log=False, log_level="info", timeout_graceful_shutdown=30, **_fast_loop(),
+        access_log=False, log_level="info", timeout_graceful_shutdown=30, **uvicorn_options(settings),
+        **_fast_loop(),
     )
 
 
 def _fast_loop() -> dict[str, Any]:
-    """uvloop and httptools when installed (the workload image has them)."""
+    """uvloop when installed (the workload image has it)."""
     with contextlib.suppress(ImportError):
-        import httptools  # noqa: F401
         import uvloop  # noqa: F401
 
-        return {"http": "httptools", "loop": "uvloop"}
+        return {"loop": "uvloop"}
     return {}
