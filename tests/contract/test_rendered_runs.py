@@ -121,7 +121,9 @@ def seed_training_data(run: Run) -> None:
     run.s3.client().put_object(Bucket=run.buckets["data"], Key="incoming/churn.parquet", Body=buffer.getvalue())
 
 
-def send(url: str, frame: pd.DataFrame, prefix: str) -> None:
+def send(url: str, frame: pd.DataFrame, prefix: str) -> list[str]:
+    """Score `frame` in requests of ROWS_PER_REQUEST rows; the server's request ids, in order."""
+    ids = []
     with httpx.Client(timeout=30) as client:
         for start in range(0, len(frame), ROWS_PER_REQUEST):
             chunk = frame.iloc[start:start + ROWS_PER_REQUEST]
@@ -129,6 +131,8 @@ def send(url: str, frame: pd.DataFrame, prefix: str) -> None:
             response = client.post(f"{url}/invocations", json=body,
                                    headers={"X-Request-Id": f"{prefix}-{start // ROWS_PER_REQUEST}"})
             assert response.status_code == 200, response.text
+            ids.append(response.headers["X-Request-Id"])  # labels join on the server's id
+    return ids
 
 
 def wait_captured(run: Run, endpoint: str, rows: int, timeout: float = 60) -> None:
@@ -147,14 +151,14 @@ def wait_captured(run: Run, endpoint: str, rows: int, timeout: float = 60) -> No
     pytest.fail(f"{run.stack}: {found} of {rows} captured rows reached s3://{run.buckets['capture']}/captures/")
 
 
-def write_labels(run: Run, endpoint: str, frame: pd.DataFrame, prefix: str) -> None:
-    """What a labeling process does: ground truth under labels/<endpoint>/ keyed by request id and row."""
+def write_labels(run: Run, endpoint: str, frame: pd.DataFrame, request_ids: list[str], name: str) -> None:
+    """What a labeling process does: ground truth under labels/<endpoint>/ keyed by the server's request id and row."""
     index = pd.RangeIndex(len(frame))
-    labels = pd.DataFrame({"request_id": [f"{prefix}-{i // ROWS_PER_REQUEST}" for i in index],
+    labels = pd.DataFrame({"request_id": [request_ids[i // ROWS_PER_REQUEST] for i in index],
                            "row": index % ROWS_PER_REQUEST, "label": frame["churned"].to_numpy()})
     buffer = io.BytesIO()
     labels.to_parquet(buffer, index=False)
-    run.s3.client().put_object(Bucket=run.buckets["capture"], Key=f"labels/{endpoint}/{prefix}.parquet",
+    run.s3.client().put_object(Bucket=run.buckets["capture"], Key=f"labels/{endpoint}/{name}.parquet",
                                Body=buffer.getvalue())
 
 
@@ -198,8 +202,8 @@ def test_every_rendered_workload_runs_as_rendered(run: Run) -> None:
         assert normal.exit_code == 0, f"{run.stack}: monitor on normal traffic:\n{normal.log}"
 
         drifted = generate(1200, 22, shift=2.0, concept_drift=0.6)
-        send(url, drifted.drop(columns=["churned"]), "drifted")
-        write_labels(run, endpoint, drifted, "drifted")
+        ids = send(url, drifted.drop(columns=["churned"]), "drifted")
+        write_labels(run, endpoint, drifted, ids, "drifted")
         wait_captured(run, endpoint, 1500)
         before = len(run.api.created)
         outcome = run_job(run, f"monitor-{endpoint}-drifted", job_pod(monitor))[0]
