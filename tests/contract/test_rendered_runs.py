@@ -1,6 +1,6 @@
 """What `pulumi up` renders must run: each stack's workloads started exactly as rendered, in order.
 
-For the local, dev and ci stacks: the MLflow tracking Deployment, the training template Job,
+For the local and ci stacks (dev: in test_iam_enforced.py, under IAM): the MLflow tracking Deployment, the training template Job,
 the serving Deployment(s), then the monitoring CronJob on normal and on drifted traffic; the
 Jobs the drifted run creates are run too. Each is judged as Kubernetes would (see kubelet.py):
 Deployments pass their readiness probe within their startup budget and stay alive, Jobs exit 0
@@ -167,7 +167,9 @@ def monitor_summary(outcome: Outcome) -> dict[str, Any]:
     return json.loads(outcome.log[start:outcome.log.rfind("}") + 1]) if start >= 0 else {}
 
 
-@pytest.fixture(params=["local", "dev", "ci"])
+# dev runs this same flow in test_iam_enforced.py, with every pod holding exactly its IRSA role's
+# policy against an S3 API that enforces it (one run of the flow per stack keeps the suite short).
+@pytest.fixture(params=["local", "ci"])
 def run(request: pytest.FixtureRequest, pg_database: str) -> Iterator[Run]:
     assert port_is_free(TRACKING_PORT), f"port {TRACKING_PORT} is taken: the tracking container listens there"
     stack = request.param
