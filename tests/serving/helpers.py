@@ -39,7 +39,7 @@ def child_env() -> dict[str, str]:
 class Endpoint:
     """One `mlops serve` process of ours on a free 127.0.0.1 port; stopped by its pid."""
 
-    def __init__(self, model: str, workdir: Path, *extra: str, log: Path) -> None:
+    def __init__(self, model: str, workdir: Path, *extra: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         mlops = shutil.which("mlops", path=str(Path(sys.executable).parent))
@@ -47,7 +47,7 @@ class Endpoint:
         self.proc = subprocess.Popen(
             [mlops, "serve", "--model", model, "--port", str(self.port), "--workdir", str(workdir),
              "--bootstrap-poll-seconds", "0.5", "--poll-seconds", "0", *extra],
-            env=child_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**child_env(), **(env or {})}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 60

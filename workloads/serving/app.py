@@ -69,12 +69,15 @@ class ServingApp:
         self.capture = CaptureWriter.for_environment(
             env, settings.endpoint, flush_seconds=settings.capture_flush_seconds,
             batch_rows=settings.capture_batch_rows, max_buffer_rows=settings.capture_max_buffer_rows,
+            max_string_chars=settings.capture_max_string_chars,
         ) if settings.capture else None
         self.limits = RequestLimits(settings.max_request_rows, settings.max_decoded_bytes)
         self.admission = Admission(settings.max_concurrent_requests, settings.max_inflight_bytes)
         self.connection_limits = ConnectionLimits.of(settings)  # read by connection.py's protocol
         self.metrics = Metrics(settings.endpoint, self.capture)
         self.holder.on_swap += [self.metrics.on_swap, _freeze_first_model]
+        if self.capture is not None:  # the served version's signature fixes its capture columns
+            self.holder.on_swap.append(self.capture.on_swap)
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.max_wait_ms, self.metrics.on_batch,
                                     self.capture)
         self.routes = Starlette(routes=[

@@ -65,7 +65,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = _find_limits(self.app)
         self._in_headers = True  # between a request's first byte (or the connection's start) and its headers' end
-        self._header_bytes = 0
+        self._raw_bytes = 0  # received while in headers (what httptools may be buffering)
+        self._header_bytes = 0  # request line and header fields as parsed
         self._header_count = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
@@ -94,27 +95,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
-            self._header_bytes += len(data)
+            self._raw_bytes += len(data)
         super().data_received(data)
-        if self._in_headers and self._header_bytes > self.limits.max_header_bytes and self._refusal is None:
-            self._too_large(f"{self._header_bytes}+ bytes of request line and headers")
+        # Headers still incomplete: httptools holds what arrived; bounded to one read beyond the limit.
+        if self._in_headers and self._raw_bytes > self.limits.max_header_bytes and self._refusal is None:
+            self._refuse(*self._too_large(self._raw_bytes))
 
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_count = True, 0
+        self._in_headers, self._header_count, self._header_bytes = True, 0, 0
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
             self._refusal = (431, f"more than {self.limits.max_headers} header fields (--max-headers)")
             raise _Refused
+        self._count_header_bytes(len(name) + len(value) + 4)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_headers, self._header_bytes = False, 0
+        self._in_headers, self._raw_bytes = False, 0
         self._disarm()
         super().on_headers_complete()
 
@@ -131,8 +138,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- limits --------------------------------------------------------------------------------
 
-    def _too_large(self, what: str) -> None:
-        self._refuse(431, f"{what}; the limit is {self.limits.max_header_bytes} (--max-header-bytes)")
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._refusal = self._too_large(self._header_bytes)
+            raise _Refused
+
+    def _too_large(self, size: int) -> tuple[int, str]:
+        return 431, (f"{size}+ bytes of request line and headers; the limit is {self.limits.max_header_bytes} "
+                     "(--max-header-bytes)")
 
     def _arm(self) -> None:
         if self._deadline is None:
