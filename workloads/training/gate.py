@@ -117,22 +117,27 @@ def current_champion(client: Any, name: str, metric: Metric) -> Current:
     return Current(version=str(mv.version), model=model, recorded=recorded)
 
 
-def _scored(model: Any, X: pd.DataFrame, y: pd.Series, metric: Metric, n_classes: int) -> tuple[float | None, str | None]:
+def _scored(model: Any, X: pd.DataFrame, y: pd.Series, metric: Metric, n_classes: int,
+            positive: Any) -> tuple[float | None, str | None]:
     try:
-        return score(model, X, y, metric, n_classes), None
+        return score(model, X, y, metric, n_classes, positive), None
     except Exception as exc:  # a champion with other features: never auto-replace it
         return None, f"{type(exc).__name__}: {exc}"
 
 
 def judge(champion: Current, challenger: Any, X: pd.DataFrame, y: pd.Series, recent: np.ndarray,
-          metric: Metric, n_classes: int, promotion: PromotionSpec) -> GateReport:
-    """Score both models on the holdout rows (and the recent ones, after drift) and decide."""
+          metric: Metric, n_classes: int, promotion: PromotionSpec, positive: Any = None) -> GateReport:
+    """Score both models on the holdout rows (and the recent ones, after drift) and decide.
+
+    `positive`: the binary target's positive class of the new model's spec; both models are
+    scored with it, so a spec that changes it compares like with like.
+    """
     error = champion.error
     comparisons: dict[str, Comparison] = {}
     for name, rows in (("holdout", ~recent), ("recent", recent)):
         if not rows.any():
             continue
-        mine, undefined = _scored(challenger, X[rows], y[rows], metric, n_classes)
+        mine, undefined = _scored(challenger, X[rows], y[rows], metric, n_classes, positive)
         if mine is None:  # e.g. roc_auc on recent rows of one class: no judgement possible
             if name == "holdout":
                 raise ValueError(f"{metric.name} of the new model on its holdout: {undefined}")
@@ -141,7 +146,7 @@ def judge(champion: Current, challenger: Any, X: pd.DataFrame, y: pd.Series, rec
                               f"{int(rows.sum())} recent held-back rows ({undefined})")
         theirs = None
         if champion.model is not None:
-            theirs, problem = _scored(champion.model, X[rows], y[rows], metric, n_classes)
+            theirs, problem = _scored(champion.model, X[rows], y[rows], metric, n_classes, positive)
             error = error or problem
         comparisons[name] = Comparison(rows=int(rows.sum()), challenger=mine, champion=theirs)
     holdout, after_drift = comparisons["holdout"], comparisons.get("recent")

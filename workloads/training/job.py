@@ -259,7 +259,7 @@ def _gate(job: Job, fitted: Fitted, bar: Bar) -> GateReport:
     bar.step("scoring the champion")
     champion = current_champion(job.client, job.spec.name, prep.metric)
     report = judge(champion, fitted.model, prep.X_hold, prep.y_hold, prep.recent, prep.metric, prep.n_classes,
-                   job.spec.promotion)
+                   job.spec.promotion, prep.target.positive)
     mlflow.set_tags(report.tags())
     mlflow.log_metrics(report.metrics())
     return report

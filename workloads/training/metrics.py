@@ -88,12 +88,16 @@ def positive_class(estimator: Any) -> Any:
     return classes[1] if classes is not None and len(classes) == 2 else None
 
 
-def score(estimator: Any, X: pd.DataFrame, y: pd.Series, metric: Metric, n_classes: int) -> float:
-    """The metric in its natural sign (rmse positive, lower is better)."""
+def score(estimator: Any, X: pd.DataFrame, y: pd.Series, metric: Metric, n_classes: int,
+          positive: Any = None) -> float:
+    """The metric in its natural sign (rmse positive, lower is better); `positive` overrides the
+    model's positive class (the gate scores a champion with the challenger spec's)."""
     from sklearn.metrics import get_scorer
 
     model = fitted(estimator)
-    chosen = scorer(metric, n_classes, positive_class(model) if metric.task == "classification" else None)
+    if positive is None and metric.task == "classification":
+        positive = positive_class(model)
+    chosen = scorer(metric, n_classes, positive)
     value = float((get_scorer(chosen) if isinstance(chosen, str) else chosen)(model, X, y))
     return value if metric.greater_is_better else -value
 
