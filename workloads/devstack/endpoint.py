@@ -83,24 +83,25 @@ class Endpoint:
 
 
 def send_traffic(endpoint_url: str, frame: pd.DataFrame, prefix: str, rows_per_request: int) -> dict[str, Any]:
-    """Score `frame` in requests of `rows_per_request` rows, 8 at a time; request ids `<prefix>-<i>`."""
+    """Score `frame` in requests of `rows_per_request` rows, 8 at a time (client ids `<prefix>-<i>`);
+    `request_ids`: each request's server id (its X-Request-Id answer), what capture records and labels join on."""
     chunks = [frame.iloc[i:i + rows_per_request] for i in range(0, len(frame), rows_per_request)]
 
-    def post(i: int, client: httpx.Client) -> int:
+    def post(i: int, client: httpx.Client) -> tuple[int, str]:
         body = {"dataframe_split": json.loads(chunks[i].to_json(orient="split", index=False))}
         response = client.post(f"{endpoint_url}/invocations", json=body, headers={"X-Request-Id": f"{prefix}-{i}"})
-        return response.status_code
+        return response.status_code, response.headers.get("x-request-id", "")
 
     with httpx.Client(timeout=30) as client, ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
-        statuses = list(pool.map(lambda i: post(i, client), range(len(chunks))))
-    errors = sum(s != 200 for s in statuses)
+        answers = list(pool.map(lambda i: post(i, client), range(len(chunks))))
+    errors = sum(status != 200 for status, _ in answers)
     if errors:
-        raise QuickstartError(f"{errors} of {len(statuses)} scoring requests failed")
-    return {"requests": len(statuses), "rows": len(frame)}
+        raise QuickstartError(f"{errors} of {len(answers)} scoring requests failed")
+    return {"requests": len(answers), "rows": len(frame), "request_ids": [rid for _, rid in answers]}
 
 
-def labels_for(frame: pd.DataFrame, prefix: str, rows_per_request: int, target: str) -> pd.DataFrame:
-    """Ground truth keyed the way the monitor joins it: request id and row within the request."""
+def labels_for(frame: pd.DataFrame, request_ids: list[str], rows_per_request: int, target: str) -> pd.DataFrame:
+    """Ground truth keyed the way the monitor joins it: the server's request id and the row within the request."""
     index = pd.RangeIndex(len(frame))
-    return pd.DataFrame({"request_id": [f"{prefix}-{i // rows_per_request}" for i in index],
+    return pd.DataFrame({"request_id": [request_ids[i // rows_per_request] for i in index],
                          "row": index % rows_per_request, "label": frame[target].to_numpy()})
