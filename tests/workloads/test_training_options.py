@@ -27,6 +27,7 @@ from workloads.cli import app
 from workloads.data import dataset
 from workloads.data.sample import generate
 from workloads.environment import Environment
+from workloads.serving.loading import load_pyfunc
 from workloads.serving.protocol import response_json
 from workloads.training.errors import SpecError
 from workloads.training.features import why_id_like
@@ -70,7 +71,8 @@ def test_string_labels_score_with_the_sorted_second_class_and_serve_named_probab
     X, y = hold.drop(columns=["diagnosis"]), hold["diagnosis"]
     with local_env.tracking():
         logged = mlflow.sklearn.load_model(f"models:/{name}/{result.version}")
-        served = mlflow.pyfunc.load_model(f"models:/{name}/{result.version}").predict(X.head(3))
+        # what `mlops serve` loads: skops with the serving allowlist, the pyfunc's predict_fn
+        served = load_pyfunc(f"models:/{name}/{result.version}", pickle_allowed=False).predict(X.head(3))
     pipeline = logged.scored_model
     malignant = pipeline.predict_proba(X)[:, list(pipeline.classes_).index("malignant")]
     # "malignant" sorts after "benign": it is the positive class
