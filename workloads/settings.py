@@ -181,6 +181,34 @@ class GenerateSettings(Settings):
         return value
 
 
+# --- lifecycle: promotion and reports -----------------------------------------------------------
+
+
+class PromoteSettings(Settings):
+    """`mlops promote MODEL`: one version copied to another environment and gated there (workloads/lifecycle/)."""
+
+    model: str = Field(pattern=NAME, json_schema_extra=ARGUMENT, description="Registered model name.")
+    version: int | None = Field(None, ge=1, description="Source version to promote [default: the --alias].")
+    alias: str | None = Field(None, pattern=NAME, description="Source alias to promote [default: champion].")
+    copy_dataset: bool = Field(True, description="Copy the training dataset version into the target's data bucket "
+                               "(monitoring and retraining there read it); else only reference it.")
+
+    @model_validator(mode="after")
+    def _one_version(self) -> PromoteSettings:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("--version and --alias: choose one")
+        return self
+
+
+class ReportSettings(Settings):
+    """`mlops model report NAME VERSION`: everything recorded about one version (workloads/lifecycle/)."""
+
+    name: str = Field(pattern=NAME, json_schema_extra=ARGUMENT, description="Registered model name.")
+    version: int = Field(ge=1, json_schema_extra=ARGUMENT, description="Model version.")
+    monitoring_runs: int = Field(100, ge=0, le=10_000,
+                                 description="Newest monitoring runs of the version to include.")
+
+
 # --- rendering and reuse -----------------------------------------------------------------------
 
 

@@ -112,6 +112,24 @@ def test_deploy_goes_dev_then_staging_then_prod_behind_environments() -> None:
     assert commands == ["up", "up", "up"]
 
 
+def test_the_model_is_promoted_dev_to_staging_to_prod_after_each_environment_is_up() -> None:
+    jobs = load("deploy")["jobs"]
+
+    def promoting(env: str) -> tuple[int, str]:
+        (index, run), = [(i, s["run"]) for i, s in enumerate(jobs[env]["steps"]) if "mlops promote" in s.get("run", "")]
+        return index, run
+
+    assert "--alias champion --to-bundle promotion-dev" in promoting("dev")[1]
+    staging = promoting("staging")[1]
+    assert staging.index("--from-bundle promotion-dev") < staging.index("--alias champion --to-bundle promotion-staging")
+    assert "--from-bundle promotion-staging" in promoting("prod")[1]
+    for env, bundle in (("staging", "promotion-dev"), ("prod", "promotion-staging")):
+        steps = jobs[env]["steps"]
+        up = next(i for i, s in enumerate(steps) if s.get("with", {}).get("command") == "up")
+        fetch = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("actions/download-artifact@"))
+        assert up < fetch < promoting(env)[0] and steps[fetch]["with"]["name"] == bundle
+
+
 @pytest.mark.parametrize("env", ["dev", "staging", "prod"])
 def test_each_environment_deploys_from_its_runner_in_the_vpc(env: str) -> None:
     """The API is private: `pulumi up` (which applies the Kubernetes layer) runs on the env's in-VPC runner."""

@@ -8,7 +8,7 @@ mlflow and scikit-learn, and `mlops train` does not pay for pulumi_aws. Workload
 
 from __future__ import annotations
 
-from workloads.cli import data, env, local, monitor, plan, quickstart, serve, train  # noqa: F401 - registers
+from workloads.cli import data, env, local, model, monitor, plan, promote, quickstart, recreate, serve, train  # noqa: F401
 from workloads.cli.app import app
 
 __all__ = ["app"]
