@@ -80,6 +80,8 @@ class ServeSettings(Settings):
     capture_batch_rows: int = Field(50_000, ge=1, description="Flush at this many captured rows.")
     capture_max_buffer_rows: int = Field(100_000, ge=1,
                                          description="Rows kept in memory; beyond, records are dropped.")
+    capture_max_string_chars: int = Field(1024, ge=1, le=1_048_576,
+                                          description="Captured strings are cut to this many characters.")
     poll_seconds: float = Field(30.0, ge=0, description="Check the alias this often; 0 disables.")
     bootstrap_poll_seconds: float = Field(5.0, gt=0, le=3600,
                                           description="Registry polling while the alias does not resolve.")
@@ -106,6 +108,9 @@ class MonitorSettings(Settings):
                                      description="Spec for retraining [default: the champion run's spec.yaml].")
     retrain: bool = Field(True, description="Retrain on drift or decay.")
     min_rows: int = Field(200, ge=1, le=100_000_000, description="Fewer captured rows: insufficient_data.")
+    exact_max_rows: int = Field(1_000_000, ge=1, le=20_000_000,
+                                description="Windows up to this many rows are read exactly; larger ones "
+                                            "from the capture summaries (KS from a sample, stated bound).")
     min_labelled_rows: int = Field(50, ge=1, description="Fewer labelled rows: no metric.")
     drift_share: float = Field(0.3, gt=0, le=1, description="Drift when this share of features drifts.")
     psi_threshold: float = Field(0.2, gt=0, le=100, description="Drift when any feature's PSI reaches it.")

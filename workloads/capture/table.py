@@ -1,9 +1,12 @@
 """Buffered capture records -> one Arrow table (and Parquet bytes), built in bulk.
 
 One row per scored input row: the model's input columns plus `_request_id`, `_row`, `_ts`
-(UTC), `_model_name`, `_model_version` and `_prediction`. The flush runs beside the request
-path and shares its GIL, so nothing here spends Python work per row: one pandas concat and
-Arrow conversion for the inputs, metadata columns from numpy repeats and Arrow takes.
+(UTC), `_model_name`, `_model_version`, `_prediction` and `_coerced` (a value of the row did
+not fit its column and was nulled, cut or turned into text; schema.py). With the model's
+`CaptureSchema` the columns and types are the signature's, whatever the requests held; without
+one (tensor inputs) they are inferred, normalised the same way. The flush runs beside the
+request path and shares its GIL, so nothing here spends Python work per row in the common
+case: one pandas concat and Arrow conversion per column, metadata from numpy repeats and takes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction")
+from workloads.capture.schema import DEFAULT_MAX_CHARS, UTC_MICROS, CaptureSchema, conform, normalise
+
+META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction", "_coerced")
+# Small row groups and pages keep a reader's memory bounded: it decodes one page of one column at a time.
+ROW_GROUP_ROWS = 16_384
+PAGE_ROWS = 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
@@ -39,28 +47,49 @@ class Record:
         return len(self.inputs)
 
 
-def records_to_table(records: list[Record]) -> pa.Table:
+def records_to_table(records: list[Record], schema: CaptureSchema | None = None,
+                     max_chars: int = DEFAULT_MAX_CHARS) -> pa.Table:
     """The capture table (inputs plus the metadata columns) for a list of buffered records."""
     inputs = pd.concat([rec.inputs for rec in records], ignore_index=True)
     # A model input named like a metadata column is replaced by it, as it always was.
     inputs = inputs.drop(columns=[c for c in META_COLUMNS if c in inputs.columns])
-    table = to_arrow(inputs)
-    sizes = np.fromiter((n for rec in records for n in rec.sizes), dtype="int64")
+    n = len(inputs)
+    columns, coerced = _inputs(inputs, schema, max_chars)
+    sizes = np.fromiter((k for rec in records for k in rec.sizes), dtype="int64")
     per_record = np.fromiter((rec.rows for rec in records), dtype="int64")
     ids = pa.array([i for rec in records for i in rec.request_ids], type=pa.large_string())
+    ids, cut = normalise(ids.take(np.repeat(np.arange(len(sizes), dtype="int64"), sizes)), max_chars)
     stamps = np.fromiter((_micros(rec.ts) for rec in records), dtype="int64", count=len(records))
-    columns = {
-        "_request_id": ids.take(np.repeat(np.arange(len(sizes), dtype="int64"), sizes)),
+    prediction, misfit = _predictions(records, schema.prediction if schema else None, max_chars)
+    columns |= {
+        "_request_id": ids,
         # Row index within its own request: position in the table minus where the request starts.
-        "_row": pa.array(np.arange(len(inputs), dtype="int64") - np.repeat(np.cumsum(sizes) - sizes, sizes)),
-        "_ts": pa.array(np.repeat(stamps, per_record), type=pa.timestamp("us", tz="UTC")),
+        "_row": pa.array(np.arange(n, dtype="int64") - np.repeat(np.cumsum(sizes) - sizes, sizes)),
+        "_ts": pa.array(np.repeat(stamps, per_record), type=UTC_MICROS),
         "_model_name": _constant_per_record([rec.model_name for rec in records], per_record),
         "_model_version": _constant_per_record([rec.model_version for rec in records], per_record),
-        "_prediction": _predictions(records),
+        "_prediction": prediction,
+        "_coerced": pa.array(coerced | cut | misfit),
     }
-    for name, column in columns.items():
-        table = table.append_column(name, column)
-    return table
+    return pa.table(columns)
+
+
+def _inputs(inputs: pd.DataFrame, schema: CaptureSchema | None, max_chars: int
+            ) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The input columns (the signature's, or as inferred) and which rows had a value changed."""
+    coerced = np.zeros(len(inputs), bool)
+    columns: dict[str, pa.Array] = {}
+    if schema is None:
+        table = to_arrow(inputs)
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            columns[name], changed = normalise(column.combine_chunks(), max_chars)
+            coerced |= changed
+        return columns, coerced
+    for field in schema.inputs:
+        values = inputs[field.name] if field.name in inputs.columns else None
+        columns[field.name], changed = conform(values, field.type, len(inputs), max_chars)
+        coerced |= changed
+    return columns, coerced
 
 
 def write_parquet(table: pa.Table, sink: Any) -> None:
@@ -68,11 +97,12 @@ def write_parquet(table: pa.Table, sink: Any) -> None:
     Trying it on every float column (pyarrow's default) tripled the write time for larger files."""
     dictionary = [f.name for f in table.schema
                   if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name == "_ts"]
-    pq.write_table(table, sink, use_dictionary=dictionary)
+    pq.write_table(table, sink, use_dictionary=dictionary, row_group_size=ROW_GROUP_ROWS,
+                   write_batch_size=PAGE_ROWS)
 
 
 def to_arrow(table: pd.DataFrame) -> pa.Table:
-    """A pandas table as Arrow, keeping every row.
+    """A pandas table as Arrow with inferred types, keeping every row.
 
     MLflow's schema lets any JSON value into a string column (1.5, true, 10**22 all score), which
     Parquet cannot store next to strings: such a column keeps its rows as strings (missing values
@@ -104,15 +134,21 @@ def _prediction_column(predictions: Any, n_rows: int) -> np.ndarray:
     return values[:n_rows]
 
 
-def _predictions(records: list[Record]) -> pa.Array:
-    """The `_prediction` column: numeric arrays are concatenated as they are (ints as int64, floats
-    as float64, the types their Python values always had); anything else goes value by value."""
+def _predictions(records: list[Record], kind: pa.DataType | None, max_chars: int) -> tuple[pa.Array, np.ndarray]:
+    """The `_prediction` column, of the signature's type when known; else numeric arrays are
+    concatenated as they are (ints as int64, floats as float64) and anything else goes value by value."""
     parts = [_prediction_column(rec.predictions, rec.rows) for rec in records]
     kinds = {v.dtype.kind for v in parts}
-    if len(kinds) == 1 and kinds <= {"i", "f", "b"}:
+    numeric = len(kinds) == 1 and kinds <= {"i", "f", "b"}
+    if kind is not None:
+        values = np.concatenate(parts) if numeric else pd.Series([v for part in parts for v in part.tolist()])
+        return conform(values, kind, sum(len(p) for p in parts), max_chars)
+    if numeric:
         dtype = {"i": np.int64, "f": np.float64, "b": np.bool_}[kinds.pop()]
-        return pa.array(np.concatenate(parts).astype(dtype, copy=False))
-    return _arrow_column(pd.Series([v for part in parts for v in part.tolist()]))
+        column = pa.array(np.concatenate(parts).astype(dtype, copy=False))
+    else:
+        column = _arrow_column(pd.Series([v for part in parts for v in part.tolist()]))
+    return normalise(column, max_chars)
 
 
 def _constant_per_record(values: list[str], per_record: np.ndarray) -> pa.Array:

@@ -3,9 +3,15 @@
 The request path only appends a reference to an in-memory buffer (`CaptureWriter.record`, or
 `record_batch` for a whole micro-batch: the predicted DataFrame and which rows are whose; no
 I/O, no DataFrame building); a background thread turns the buffer into Parquet files
-(workloads/capture/table.py), one per hour partition, at `layout.capture_key`:
+(workloads/capture/table.py), one per hour partition and model version, at `layout.capture_key`:
 
     s3://<capture_bucket>/captures/<endpoint>/dt=YYYY-MM-DD/hour=HH/<uuid>.parquet
+    s3://<capture_bucket>/captures/<endpoint>/dt=YYYY-MM-DD/hour=HH/<uuid>.summary
+
+The columns and types are the served version's signature (`on_swap` learns it; schema.py),
+strings capped at `max_string_chars`. Beside each file goes its summary (summary.py: counts on
+the reference profile's bins and a sample) once the monitor has cached those bins
+(profiles.py); until then files go without one and the monitor reads them exactly.
 
 Capture never fails or slows a request: the buffer is bounded (records beyond it are dropped
 and counted), S3 errors are counted and the records kept for the next flush (still within the
@@ -25,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from workloads.capture.profiles import BinsSource
+from workloads.capture.schema import DEFAULT_MAX_CHARS, CaptureSchema
+from workloads.capture.summary import Summary, summary_key
 from workloads.capture.table import Record, records_to_table, to_arrow, write_parquet
 from workloads.layout import capture_key
 
@@ -43,19 +52,25 @@ class CaptureStats:
     records_dropped: int = 0
     flush_errors: int = 0
     buffered_rows: int = 0
+    summaries_written: int = 0
+    summary_errors: int = 0  # the file was written, its summary not: the monitor reads that file exactly
 
 
 class CaptureWriter:
     """Buffers scored requests and writes them to S3 from a background thread."""
 
     def __init__(self, s3: Any, bucket: str, endpoint: str, *, flush_seconds: float = 10.0,
-                 batch_rows: int = 50_000, max_buffer_rows: int = 100_000) -> None:
+                 batch_rows: int = 50_000, max_buffer_rows: int = 100_000,
+                 max_string_chars: int = DEFAULT_MAX_CHARS, bins: BinsSource | None = None) -> None:
         self._s3 = s3
         self.bucket = bucket
         self.endpoint = endpoint
         self.flush_seconds = flush_seconds
         self.batch_rows = batch_rows
         self.max_buffer_rows = max_buffer_rows
+        self.max_string_chars = max_string_chars
+        self._bins = bins
+        self._schemas: dict[tuple[str, str], CaptureSchema | None] = {}  # (model, version) -> its columns
         self.stats = CaptureStats()
         self._buffer: list[Record] = []
         self._lock = threading.Lock()  # guards _buffer and stats
@@ -67,7 +82,18 @@ class CaptureWriter:
     @classmethod
     def for_environment(cls, env: Environment, endpoint: str, **options: Any) -> CaptureWriter:
         """A writer to the environment's capture bucket, with an S3 client that gives up fast."""
-        return cls(env.s3_client(**S3_TIMEOUTS), env.outputs.capture_bucket, endpoint, **options)
+        s3 = env.s3_client(**S3_TIMEOUTS)
+        bins = BinsSource(s3, env.outputs.capture_bucket, env.mlflow_client)
+        return cls(s3, env.outputs.capture_bucket, endpoint, bins=bins, **options)
+
+    def on_swap(self, old: Any, new: Any) -> None:
+        """A model version was loaded (serving's ModelHolder): its signature fixes its capture columns."""
+        metadata = new.pyfunc.metadata
+        schema = CaptureSchema.of(metadata.get_input_schema(), metadata.get_output_schema())
+        with self._lock:
+            self._schemas[(new.name, new.version)] = schema
+            while len(self._schemas) > 4:  # records of older versions have long been flushed
+                self._schemas.pop(next(iter(self._schemas)))
 
     # -- request path: never raises, never blocks on I/O ------------------------------------
 
@@ -142,7 +168,7 @@ class CaptureWriter:
             with self._lock:
                 taken, self._buffer = self._buffer, []
             written, failed = 0, []
-            for hour, recs in _by_hour(taken).items():
+            for (hour, *_), recs in _by_file(taken).items():
                 rows = self._write_file(hour, recs)
                 if rows is None:
                     failed.extend(recs)
@@ -156,12 +182,15 @@ class CaptureWriter:
             return written
 
     def _write_file(self, hour: pd.Timestamp, recs: list[Record]) -> int | None:
-        """One hour's records as one Parquet object: rows written, or None when the store failed."""
+        """One hour's records of one version as one Parquet object (and its summary): rows written,
+        or None when the store failed."""
         key = capture_key(self.endpoint, hour, uuid.uuid4().hex)
         rows = sum(r.rows for r in recs)
+        schema = self._schemas.get((recs[0].model_name, recs[0].model_version))
         try:
             buf = io.BytesIO()
-            write_parquet(records_to_table(recs), buf)
+            table = records_to_table(recs, schema, self.max_string_chars)
+            write_parquet(table, buf)
         except Exception:
             # A table that cannot be built never will be: drop it rather than retry forever.
             log.exception("capture: could not build the capture table; dropping %d requests", len(recs))
@@ -174,7 +203,27 @@ class CaptureWriter:
             with self._lock:
                 self.stats.flush_errors += 1
             return None
+        self._write_summary(key, table, recs[0], schema)
         return rows
+
+    def _write_summary(self, key: str, table: Any, rec: Record, schema: CaptureSchema | None) -> None:
+        """The file's summary, when the monitor has cached its version's bins; never fails the flush."""
+        if self._bins is None or schema is None:
+            return
+        try:
+            bins = self._bins.get(rec.model_name, rec.model_version, schema.names)
+            if bins is None:
+                return
+            body = Summary.of_table(table, bins).to_bytes()
+            self._s3.put_object(Bucket=self.bucket, Key=summary_key(key), Body=body)
+        except Exception as exc:
+            log.warning("capture: no summary for s3://%s/%s (%s); the monitor will read the file", self.bucket,
+                        key, exc)
+            with self._lock:
+                self.stats.summary_errors += 1
+            return
+        with self._lock:
+            self.stats.summaries_written += 1
 
     def _lose(self, rows: int) -> None:
         with self._lock:
@@ -198,11 +247,11 @@ class CaptureWriter:
             self._lose(lost)
 
 
-def _by_hour(records: list[Record]) -> dict[pd.Timestamp, list[Record]]:
-    """Records by the UTC hour they were scored in: one file per hour partition."""
-    by_hour: dict[pd.Timestamp, list[Record]] = {}
+def _by_file(records: list[Record]) -> dict[tuple[pd.Timestamp, str, str], list[Record]]:
+    """Records by the UTC hour they were scored in and the version that scored them: one file each."""
+    files: dict[tuple[pd.Timestamp, str, str], list[Record]] = {}
     for rec in records:
         stamp = pd.Timestamp(rec.ts)
         hour = (stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")).floor("h")
-        by_hour.setdefault(hour, []).append(rec)
-    return by_hour
+        files.setdefault((hour, rec.model_name, rec.model_version), []).append(rec)
+    return files

@@ -15,6 +15,15 @@ work proportional to a few thousand grid points:
 - PSI: bins fixed on the reference (deciles, right-closed, open-ended), proportions floored at
   `PSI_EPSILON` so empty bins give a large but finite value.
 
+The current data is a DataFrame, or a `Current` built from capture summaries (window.py): per
+column exact counts on the PSI bins and categories (so PSI, chi-square and null rates are those
+of the full window) and, for a large window, a uniform sample of the numeric values. KS is then
+the statistic against that sample, reported with its error bound: by the DKW inequality (Massart's
+constant), P(sup |F_n - F| > eps) <= 2 exp(-2 n eps^2), so with n sampled values the window's
+true KS distance is within `ks_error` = sqrt(ln(2 / 0.05) / (2 n)) of it with 95% confidence
+(0.0061 for 50,000). The p-value is evaluated at the window's true sizes and at the statistic
+minus that bound: an upper bound on the full-window p-value with the same confidence.
+
 Columns are spread over threads: numpy's sort and searchsorted release the GIL.
 """
 
@@ -23,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -31,6 +41,7 @@ from pydantic import BaseModel
 from scipy import stats
 
 from workloads.monitoring.profile import (
+    PREDICTION,
     CategoricalProfile,
     NumericProfile,
     ReferenceProfile,
@@ -42,7 +53,7 @@ PSI_EPSILON = 1e-4  # floor for empty-bin proportions (a common convention; keep
 KS_EXACT_MAX_N = 10_000  # scipy's ks_2samp(method="auto") switches to the asymptotic p-value above this
 KS_LIMIT_EN = 100_000  # above this effective size, the Kolmogorov limit distribution (see ks_pvalue)
 GRID_CELLS = 4096  # reference order statistics used to bound the ECDF difference
-PREDICTION = "_prediction"
+KS_CONFIDENCE = 0.95  # of the stated error bound of a KS statistic from a sample
 
 
 class DriftThresholds(BaseModel):
@@ -78,6 +89,9 @@ class FeatureDrift(BaseModel):
     unseen_share: float = 0.0  # share of current non-null values in categories the reference lacks
     drifted: bool
     reasons: list[str] = []
+    exact: bool = True  # False: KS from a uniform sample of `sample_size` values, within `ks_error` (95%)
+    sample_size: int | None = None
+    ks_error: float | None = None
 
 
 class DriftReport(BaseModel):
@@ -88,35 +102,77 @@ class DriftReport(BaseModel):
     drift_share: float
     max_psi: float
     prediction: FeatureDrift | None = None
+    exact: bool = True  # False: KS statistics from the window's sample (see FeatureDrift.ks_error)
 
     def most_drifted(self, k: int = 5) -> list[FeatureDrift]:
         return sorted(self.features, key=lambda f: (f.drifted, f.psi or 0.0, f.effect or 0.0), reverse=True)[:k]
+
+
+# --- the current data --------------------------------------------------------------------------
+
+
+@dataclass
+class NumericCurrent:
+    nulls: int
+    values: np.ndarray  # sorted non-null values: all of them (exact) or a uniform sample
+    counts: np.ndarray | None = None  # counts on the profile's PSI bins; None: from `values`
+    present: int | None = None  # non-null values in the window, when `values` is a sample
+
+    @property
+    def exact(self) -> bool:
+        return self.present is None
+
+
+@dataclass
+class CategoricalCurrent:
+    nulls: int
+    counts: pd.Series  # non-null values per category (text), reference and unseen ones
+
+
+@dataclass
+class Current:
+    """The current window as drift needs it, column by column (window.py builds it from summaries)."""
+
+    rows: int
+    columns: dict[str, NumericCurrent | CategoricalCurrent]
+
+
+def observe(profile: NumericProfile | CategoricalProfile, series: pd.Series) -> NumericCurrent | CategoricalCurrent:
+    """One DataFrame column, exactly."""
+    if isinstance(profile, CategoricalProfile):
+        return CategoricalCurrent(int(series.isna().sum()), category_counts(series))
+    values = floats(series)
+    nan = np.isnan(values)
+    cur = values[~nan] if nan.any() else values.copy()  # a private copy, sorted in place
+    cur.sort()
+    return NumericCurrent(len(values) - len(cur), cur)
 
 
 # --- comparing -----------------------------------------------------------------------------
 
 
 def compare(
-    profile: ReferenceProfile, current: pd.DataFrame, *, thresholds: DriftThresholds | None = None,
+    profile: ReferenceProfile, current: pd.DataFrame | Current, *, thresholds: DriftThresholds | None = None,
     prediction_profile: ReferenceProfile | None = None, max_workers: int | None = None,
 ) -> DriftReport:
     """Per-feature drift of `current` against the reference `profile` (its columns must be present)."""
     thresholds = thresholds or DriftThresholds()
-    missing = [c for c in profile.columns if c not in current.columns]
+    names = current.columns
+    missing = [c for c in profile.columns if c not in names]
     if missing:
         raise KeyError(f"current data lacks reference columns: {', '.join(missing)}")
-    n = len(current)
-    jobs: list[tuple[str, NumericProfile | CategoricalProfile, pd.Series]] = [
-        (name, p, current[name]) for name, p in profile.numeric.items()]
-    jobs += [(name, p, current[name]) for name, p in profile.categorical.items()]
-    if prediction_profile is not None and PREDICTION in current.columns and PREDICTION in prediction_profile.numeric:
-        jobs.append((PREDICTION, prediction_profile.numeric[PREDICTION], current[PREDICTION]))
+    n = current.rows if isinstance(current, Current) else len(current)
+    jobs: list[tuple[str, NumericProfile | CategoricalProfile]] = [*profile.numeric.items(), *profile.categorical.items()]
+    if prediction_profile is not None and PREDICTION in names and PREDICTION in prediction_profile.numeric:
+        jobs.append((PREDICTION, prediction_profile.numeric[PREDICTION]))
 
-    def one(job: tuple[str, NumericProfile | CategoricalProfile, pd.Series]) -> FeatureDrift:
-        name, p, series = job
-        if isinstance(p, NumericProfile):
-            return _numeric_drift(name, p, series, n, thresholds)
-        return _categorical_drift(name, p, series, n, thresholds)
+    def one(job: tuple[str, NumericProfile | CategoricalProfile]) -> FeatureDrift:
+        name, p = job
+        column = current.columns[name] if isinstance(current, Current) else observe(p, current[name])
+        if isinstance(p, NumericProfile) and isinstance(column, NumericCurrent):
+            return _numeric_drift(name, p, column, n, thresholds)
+        assert isinstance(p, CategoricalProfile) and isinstance(column, CategoricalCurrent)
+        return _categorical_drift(name, p, column, n, thresholds)
 
     # Largest columns first would not matter here: all columns have the same length.
     with ThreadPoolExecutor(max_workers or os.cpu_count()) as pool:
@@ -127,34 +183,37 @@ def compare(
         n_reference=profile.n_rows, n_current=n, features=results, n_drifted=n_drifted,
         drift_share=n_drifted / len(results) if results else 0.0,
         max_psi=max((f.psi for f in results if f.psi is not None), default=0.0),
-        prediction=prediction,
+        prediction=prediction, exact=all(f.exact for f in [*results, *([prediction] if prediction else [])]),
     )
 
 
-def _numeric_drift(name: str, p: NumericProfile, series: pd.Series, n: int, t: DriftThresholds) -> FeatureDrift:
-    values = floats(series)
-    nan = np.isnan(values)
-    cur = values[~nan] if nan.any() else values.copy()  # a private copy, sorted in place
-    cur.sort()
-    ref = p.sorted_values
-    statistic = p_value = psi_value = None
+def _numeric_drift(name: str, p: NumericProfile, c: NumericCurrent, n: int, t: DriftThresholds) -> FeatureDrift:
+    ref, cur = p.sorted_values, c.values
+    present = len(cur) if c.present is None else c.present
+    statistic = p_value = psi_value = error = None
+    if present and len(ref):
+        psi_value = psi(_bin_counts(ref, p.edges), _bin_counts(cur, p.edges) if c.counts is None else c.counts)
     if len(cur) and len(ref):
         statistic = ks_statistic(ref, cur)
-        p_value = ks_pvalue(statistic, ref, cur)
-        psi_value = psi(_bin_counts(ref, p.edges), _bin_counts(cur, p.edges))
-    null_cur = 1.0 - len(cur) / n if n else 0.0
+        if c.exact:
+            p_value = ks_pvalue(statistic, ref, cur)
+        else:
+            error = dkw_epsilon(len(cur))
+            p_value = asymptotic_pvalue(max(statistic - error, 0.0), len(ref), present)
+    null_cur = 1.0 - present / n if n else 0.0
     reasons = _reasons(statistic, p_value, statistic, psi_value, p.null_rate, null_cur, t)
     return FeatureDrift(
-        name=name, kind="numeric", test="ks", n_reference=len(ref), n_current=len(cur),
+        name=name, kind="numeric", test="ks", n_reference=len(ref), n_current=present,
         statistic=statistic, p_value=p_value, effect=statistic, psi=psi_value,
         null_rate_reference=p.null_rate, null_rate_current=null_cur, drifted=bool(reasons), reasons=reasons,
+        exact=c.exact, sample_size=None if c.exact else len(cur), ks_error=error,
     )
 
 
 def _categorical_drift(
-    name: str, p: CategoricalProfile, series: pd.Series, n: int, t: DriftThresholds,
+    name: str, p: CategoricalProfile, c: CategoricalCurrent, n: int, t: DriftThresholds,
 ) -> FeatureDrift:
-    counts = category_counts(series)
+    counts = c.counts
     cur_counts = counts.reindex(p.categories, fill_value=0).to_numpy(dtype=np.int64)
     unseen = counts[~counts.index.isin(p.categories)]
     n_cur = int(counts.sum())
@@ -172,7 +231,7 @@ def _categorical_drift(
         effect = math.sqrt(statistic / table.sum())  # Cramér's V for a 2 x K table
         # PSI over the reference categories plus one bucket for everything unseen
         psi_value = psi(np.append(p.counts, 0), np.append(cur_counts, unseen.sum()))
-    null_cur = float(series.isna().mean()) if n else 0.0
+    null_cur = c.nulls / n if n else 0.0
     reasons = _reasons(statistic, p_value, effect, psi_value, p.null_rate, null_cur, t)
     return FeatureDrift(
         name=name, kind="categorical", test="chi2", n_reference=int(p.counts.sum()), n_current=n_cur,
@@ -247,6 +306,11 @@ def ks_pvalue(statistic: float, ref: np.ndarray, cur: np.ndarray) -> float:
     if max(n1, n2) <= KS_EXACT_MAX_N:
         # small samples: scipy's exact distribution (cheap at this size, and identical by construction)
         return float(stats.ks_2samp(ref, cur, method="auto").pvalue)
+    return asymptotic_pvalue(statistic, n1, n2)
+
+
+def asymptotic_pvalue(statistic: float, n1: int, n2: int) -> float:
+    """scipy's ks_2samp p-value for samples above KS_EXACT_MAX_N (needs only their sizes)."""
     m, n = sorted([float(n1), float(n2)], reverse=True)
     en = m * n / (m + n)
     if en > KS_LIMIT_EN:
@@ -254,6 +318,11 @@ def ks_pvalue(statistic: float, ref: np.ndarray, cur: np.ndarray) -> float:
         # Kolmogorov limit it converges to differs by < 1% relative (0.7% worst, measured).
         return float(np.clip(stats.kstwobign.sf(math.sqrt(en) * statistic), 0, 1))
     return float(np.clip(stats.kstwo.sf(statistic, np.round(en)), 0, 1))
+
+
+def dkw_epsilon(n: int, confidence: float = KS_CONFIDENCE) -> float:
+    """eps with P(sup |F_n - F| > eps) <= 1 - confidence for n sampled values (DKW, Massart's constant)."""
+    return math.sqrt(math.log(2 / (1 - confidence)) / (2 * n))
 
 
 def _ranges(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

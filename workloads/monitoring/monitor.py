@@ -1,7 +1,8 @@
 """Monitoring an endpoint once: observe, then act, inside one MLflow run.
 
-observe: resolve `models:/<model>@<alias>` and its training data (reference.py); read the
-  captured window (window.py). Too few rows -> `insufficient_data`; a feature column missing
+observe: resolve `models:/<model>@<alias>` and its training data (reference.py); plan the
+  captured window (window.py: its size from capture summaries and file footers, no rows read;
+  its statistics merged from the summaries or read in bounded batches, current.py). Too few rows -> `insufficient_data`; a feature column missing
   or of the wrong kind -> `data_integrity_failure`; else drift against the cached reference
   profiles (drift.py) and, with labels (labels.py), the champion's metric on the labelled rows
   (performance.py). Params, metrics, plots and the HTML report go to the run (report.py).
@@ -23,7 +24,7 @@ from workloads.environment import Environment
 from workloads.monitoring.alerts import send_alert
 from workloads.monitoring.drift import DriftReport, DriftThresholds, compare
 from workloads.monitoring.export import push_run
-from workloads.monitoring.labels import labelled_rows, load_labels
+from workloads.monitoring.labels import load_labels
 from workloads.monitoring.performance import performance
 from workloads.monitoring.profile import ReferenceProfile
 from workloads.monitoring.reference import (
@@ -37,7 +38,7 @@ from workloads.monitoring.report import log_report, metrics
 from workloads.monitoring.result import ALERTING, RETRAINING, MonitorResult
 from workloads.monitoring.retrain import retrain
 from workloads.monitoring.run import MonitoringRun, monitoring_run
-from workloads.monitoring.window import describe, load_window
+from workloads.monitoring.window import CapturedWindow, describe, load_window
 from workloads.settings import MonitorSettings
 
 NOT_PARAMS = {"alert_webhook", "alert_sns_topic_arn"}  # where alerts go is not a run parameter
@@ -49,7 +50,7 @@ class Observed:
 
     result: MonitorResult
     champion: Champion
-    window: pd.DataFrame
+    window: CapturedWindow
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)
     profile: ReferenceProfile | None = None
     labelled: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -84,7 +85,7 @@ def observe(settings: MonitorSettings, env: Environment, run: MonitoringRun, now
         result.reasons.append(f"{len(window)} captured rows in the window, below min_rows={settings.min_rows}")
     else:
         _compare(seen, settings, env)
-    result.report_uri = log_report(run.client, run.run_id, result, seen.profile, window)
+    result.report_uri = log_report(run.client, run.run_id, result, seen.profile, window.sample)
     run.client.log_batch(run.run_id, metrics=metrics(result, now))
     return seen
 
@@ -112,13 +113,15 @@ def _compare(seen: Observed, settings: MonitorSettings, env: Environment) -> Non
         result.status = "data_integrity_failure"
         result.reasons += problems
         return
-    result.drift = compare(seen.profile, seen.window, thresholds=DriftThresholds(psi_threshold=settings.psi_threshold),
-                           prediction_profile=prediction_profile(env, champ, seen.reference))
+    predictions = prediction_profile(env, champ, seen.reference)
+    current = seen.window.current(champ, seen.profile, predictions, settings.exact_max_rows)
+    result.drift = compare(seen.profile, current, thresholds=DriftThresholds(psi_threshold=settings.psi_threshold),
+                           prediction_profile=predictions)
     drift = drift_reasons(result.drift, settings)
     result.drift_detected = bool(drift)
     result.reasons += drift
     if settings.labels:
-        seen.labelled = labelled_rows(seen.window, load_labels(settings.labels, env))
+        seen.labelled = seen.window.labelled(load_labels(settings.labels, env))
         perf, notes = performance(champ, seen.labelled, settings)
         result.performance = perf
         result.reasons += notes
@@ -132,14 +135,9 @@ def _compare(seen: Observed, settings: MonitorSettings, env: Environment) -> Non
         result.status = "performance_decay"
 
 
-def integrity_problems(window: pd.DataFrame, profile: ReferenceProfile) -> list[str]:
+def integrity_problems(window: CapturedWindow, profile: ReferenceProfile) -> list[str]:
     """Why the window cannot be compared: a feature missing, or not numeric where the reference is."""
-    problems = [f"column {c!r} is missing" for c in profile.columns if c not in window.columns]
-    for name in profile.numeric:
-        if name in window.columns and not (pd.api.types.is_numeric_dtype(window[name])
-                                           or window[name].isna().all()):
-            problems.append(f"column {name!r} should be numeric, got {window[name].dtype}")
-    return problems
+    return window.integrity_problems(profile)
 
 
 def drift_reasons(report: DriftReport, settings: MonitorSettings) -> list[str]:

@@ -5,10 +5,15 @@ is computed once and cached in the capture bucket at `layout.profile_key(...)` (
 role may write only `monitoring/` there; it can only read the data bucket): per numeric
 feature the sorted non-null values and the PSI bin edges, per categorical feature the category
 counts, and null rates. Stored as a plain `.npz` (no pickle).
+
+Beside each profile, at `bins_key(...)`, the monitor caches its bins (PSI edges, categories) as a
+small JSON document: capture reads it to summarise each flush on the same bins
+(workloads/capture/summary.py) without holding the reference's values in a serving pod.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,7 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workloads import layout
+
 PSI_BINS = 10
+PREDICTION = "_prediction"
+PROFILE_BINS = f"{layout.MONITORING}profile-bins/"  # what serving may read (components/workload_iam.py)
 
 
 @dataclass
@@ -115,13 +124,55 @@ class ReferenceProfile:
 
 
 def cached(s3: Any, bucket: str, key: str, build: Callable[[], ReferenceProfile]) -> ReferenceProfile:
-    """The profile stored at `key`, built and stored on first use."""
+    """The profile stored at `key`, built and stored on first use; its bins document stored beside it."""
     try:
-        return ReferenceProfile.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        profile = ReferenceProfile.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except s3.exceptions.NoSuchKey:
         profile = build()
         s3.put_object(Bucket=bucket, Key=key, Body=profile.to_bytes())
-        return profile
+    else:
+        try:  # profiles cached before the bins existed get theirs now
+            s3.get_object(Bucket=bucket, Key=bins_key(key))["Body"].read()
+            return profile
+        except s3.exceptions.NoSuchKey:
+            pass
+    s3.put_object(Bucket=bucket, Key=bins_key(key), Body=bins_document(profile, key))
+    return profile
+
+
+# --- where profiles live, and their bins for capture ---------------------------------------
+
+
+def feature_profile_key(dataset_digest: str, features: list[str]) -> str:
+    """The features' profile of a dataset (the key reference.py caches it under)."""
+    return layout.profile_key(dataset_digest, _hash("\0".join(features)))
+
+
+def prediction_profile_key(dataset_digest: str, model: str, version: str) -> str:
+    """The prediction baseline of one model version on its dataset (as reference.py caches it)."""
+    return layout.profile_key(dataset_digest, _hash(f"{PREDICTION}\0{model}\0{version}"))
+
+
+def bins_key(profile_key: str) -> str:
+    """`monitoring/profile-bins/<digest>/<hash>.json` for `monitoring/profiles/<digest>/<hash>.npz`:
+    a prefix of their own, so capture may read the bins and never the reference's values."""
+    profiles = layout.profile_key("DIGEST", "HASH").removesuffix("DIGEST/HASH.npz")
+    if not profile_key.startswith(profiles):
+        raise ValueError(f"{profile_key} is not a profile key")
+    return f"{PROFILE_BINS}{profile_key.removeprefix(profiles).removesuffix('.npz')}.json"
+
+
+def bins_document(profile: ReferenceProfile, key: str) -> bytes:
+    """The bins capture counts on (capture.summary.Bins.from_documents reads this)."""
+    return json.dumps({
+        "profile": key,
+        "numeric": {name: p.edges.tolist() for name, p in profile.numeric.items()},
+        "categorical": {name: c.categories.astype(str).tolist() for name, c in profile.categorical.items()},
+    }).encode()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # --- column helpers (shared with drift.py) -------------------------------------------------
