@@ -9,6 +9,7 @@ layer; every later `pulumi up` runs on the runner inside the VPC (README "Deploy
 import pulumi
 import pulumi_aws as aws
 
+from components.backup import BackupArgs, TrackingBackup
 from components.budget import Budget, BudgetArgs
 from components.cluster import Cluster, ClusterArgs
 from components.cluster_services import ClusterServices, ClusterServicesArgs
@@ -83,6 +84,12 @@ if not env.deploy.bootstrap:
     database = Database("database", DatabaseArgs(
         env, secrets, namespace.name, vpc_id=cluster.vpc_id, private_subnet_ids=cluster.private_subnet_ids,
         cluster_security_group_id=cluster.security_group_id), opts)
+    if env.in_cluster_backups:
+        # Encrypted dumps of the in-cluster Postgres in the artifact bucket, and the restore template.
+        TrackingBackup("backup", BackupArgs.of(
+            env, secrets, namespace.name, database_host=database.host, database_secret=database.credentials_secret,
+            bucket=storage.artifact_bucket, s3_endpoint=storage.s3_endpoint,
+            s3_credentials_secret=storage.credentials_secret), opts)
     tracking = TrackingServer("tracking", TrackingArgs(
         env, secrets, namespace.name,
         artifact_bucket=storage.artifact_bucket, artifact_bucket_arn=storage.bucket_arns["artifacts"],

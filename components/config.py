@@ -26,6 +26,7 @@ from pydantic.functional_validators import PlainValidator
 from components import config_values as cv
 from components import eks_versions
 from components.config_errors import format_validation_error
+from components.backup_config import PASSPHRASE_KEY, PASSPHRASE_MIN_LENGTH, SNAPSHOT_ID, BackupConfig, check_backups
 from components.observability_config import ObservabilityConfig, check_cluster_mode
 from workloads.settings import SNS_TOPIC_ARN, MonitorSettings, ServeSettings, TrainSettings, contract_field
 
@@ -47,7 +48,7 @@ def _labels_source(value: Any) -> bool | str:
                      "such as s3://my-labels/churn/")
 
 # Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
-SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig")
+SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig", PASSPHRASE_KEY)
 
 
 # Kinds with prod's shape: AZs, NAT per AZ, flow logs, multi-AZ RDS, backups, access logs, deletion protection.
@@ -239,6 +240,9 @@ class DatabaseConfig(_Section):
     # in-cluster Postgres (ci, local, cloud: none)
     volume_size: cv.VolumeSize = "10Gi"
     image: cv.ImageReference = "postgres:16.4-alpine"
+    # Recreate RDS from this snapshot (keep it set for the instance's life: changing it replaces the instance).
+    restore_from_snapshot: str | None = Field(default=None, pattern=SNAPSHOT_ID)
+    backup: BackupConfig = BackupConfig()  # cloud: none (components/backup_config.py)
 
 
 class TrackingConfig(_Section):
@@ -413,6 +417,13 @@ class EnvironmentConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _backups(self) -> EnvironmentConfig:
+        db = self.tracking.database  # components/backup_config.py
+        check_backups(cloud_none=self.cloud == Cloud.none, in_cluster=self.in_cluster_database, backup=db.backup,
+                      restore_from_snapshot=db.restore_from_snapshot)
+        return self
+
+    @model_validator(mode="after")
     def _kind_rules(self) -> EnvironmentConfig:
         if self.protection.force_destroy and self.kind != Kind.ci:
             raise ValueError(
@@ -529,6 +540,16 @@ class EnvironmentConfig(_Section):
         return self.cloud == Cloud.none or self.kind in (Kind.ci, Kind.local)
 
     @property
+    def rds_final_snapshot(self) -> bool:
+        """RDS keeps a final snapshot at teardown everywhere but ci (the recreation path)."""
+        return self.kind != Kind.ci
+
+    @property
+    def in_cluster_backups(self) -> bool:
+        """The backup CronJob of the in-cluster Postgres: cloud none, not ci, unless set."""
+        return _pick(self.tracking.database.backup.enabled, self.cloud == Cloud.none and self.kind != Kind.ci)
+
+    @property
     def namespace(self) -> str:
         return f"mlops-{self.name}"
 
@@ -552,6 +573,9 @@ class Secrets:
         self.tracking_admin_password: pulumi.Output[str] = _require_secret(config, "trackingAdminPassword")
         self.database_password: pulumi.Output[str] | None = _optional_secret(config, "databasePassword")
         self.kubeconfig: pulumi.Output[str] | None = _optional_secret(config, "kubeconfig")
+        # Required with in-cluster backups: without it nothing could decrypt them after a teardown.
+        self.backup_passphrase: pulumi.Output[str] | None = (
+            _require_secret(config, PASSPHRASE_KEY) if env.in_cluster_backups else None)
 
 
 def _all_config() -> dict[str, Any]:
@@ -594,6 +618,9 @@ def _require_secret(config: pulumi.Config, key: str) -> pulumi.Output[str]:
     problem = _plain_text_problem(config, key)
     if problem:
         raise ConfigError(problem)
+    if key == PASSPHRASE_KEY and len(config.get(key) or "") < PASSPHRASE_MIN_LENGTH:
+        raise ConfigError(f"{full}: is shorter than {PASSPHRASE_MIN_LENGTH} characters; "
+                          "use e.g. `openssl rand -base64 32`")
     if key == "trackingAdminPassword" and len(config.get(key) or "") < 12:
         raise ConfigError(f"{full}: is shorter than 12 characters; MLflow's auth requires at least 12")
     return config.require_secret(key)

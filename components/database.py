@@ -2,9 +2,12 @@
 
 RDS: encrypted with its own rotating KMS key, in private subnets (a DB subnet group), a
 security group that admits only the cluster's security group on 5432, automated backups,
-and in prod and staging multi-AZ, deletion protection, a final snapshot and enhanced
-monitoring (OS metrics every 60 s). In prod the instance and its key are protected and retained. In-cluster (ci, local,
-cloud: none): one Postgres pod with a persistent volume and its password in a Secret.
+a final snapshot at teardown everywhere but ci (its key is retained: a snapshot outlives the stack and is
+useless without it), and in prod and staging multi-AZ, deletion protection and enhanced monitoring (OS
+metrics every 60 s). In prod the instance and its key are protected and retained.
+`tracking.database.restoreFromSnapshot` creates the instance from a snapshot (README "Backups and
+recreation"); the tracking server's init container then upgrades an older schema. In-cluster (ci, local,
+cloud: none): one Postgres pod with a persistent volume and its password in a Secret (backups: backup.py).
 Either way `Database.uri` is the DSN (a Pulumi secret) the tracking server keeps in its Secret.
 """
 
@@ -40,6 +43,8 @@ class DatabaseArgs:
 
 class Database(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]  # host:port
+    host: pulumi.Output[str]
+    credentials_secret: pulumi.Output[str] | None = None  # in-cluster: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB
     uri: pulumi.Output[str]  # the same DSN, a Pulumi secret (the tracking server's auth config needs it)
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
@@ -54,6 +59,7 @@ class Database(pulumi.ComponentResource):
             host = self._in_cluster(name, args, password)
         else:
             host = self._rds(name, args, password)
+        self.host = pulumi.Output.from_input(host)
         self.endpoint = pulumi.Output.concat(host, ":", str(PORT))
         # Name the driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, the image ships psycopg2.
         uri: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
@@ -68,11 +74,7 @@ class Database(pulumi.ComponentResource):
         if args.vpc_id is None or args.private_subnet_ids is None or args.cluster_security_group_id is None:
             raise ValueError("an RDS database needs the VPC, private subnets and the cluster security group")
         child = pulumi.ResourceOptions(parent=self)
-        # Retained with the instance it decrypts: a retained database whose key is deleted is lost.
-        key = aws.kms.Key(f"{name}-key", description=f"mlops-platform {env.name}: tracking database",
-                          enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
-                          opts=pulumi.ResourceOptions(parent=self, protect=env.protect,
-                                                      retain_on_delete=env.retain_on_delete))
+        key = self._key(name, env)
         subnets = aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=args.private_subnet_ids, opts=child)
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
@@ -91,6 +93,8 @@ class Database(pulumi.ComponentResource):
         )
         prod_like = env.deletion_protection
         interval = env.database_monitoring_interval
+        restore = db.restore_from_snapshot
+        final = self._final_snapshot_id(name, env)
         monitoring_role = self._monitoring_role(name) if interval else None
         instance = aws.rds.Instance(
             f"{name}-postgres",
@@ -102,7 +106,9 @@ class Database(pulumi.ComponentResource):
             max_allocated_storage=db.allocated_storage_gb * 4,
             storage_type="gp3",
             storage_encrypted=True,
-            kms_key_id=key.arn,
+            # Restored: RDS keeps the snapshot's key and cannot change it (another key would force a replacement).
+            kms_key_id=None if restore else key.arn,
+            snapshot_identifier=restore,
             db_name=DATABASE,
             username=USERNAME,
             password=password,
@@ -114,8 +120,8 @@ class Database(pulumi.ComponentResource):
             backup_retention_period=env.backup_retention_days,
             copy_tags_to_snapshot=True,
             deletion_protection=env.deletion_protection,
-            skip_final_snapshot=not prod_like,
-            final_snapshot_identifier=f"mlops-{env.name}-tracking-final" if prod_like else None,
+            skip_final_snapshot=final is None,
+            final_snapshot_identifier=final,
             iam_database_authentication_enabled=True,
             performance_insights_enabled=True,
             performance_insights_kms_key_id=key.arn,
@@ -127,6 +133,20 @@ class Database(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete),
         )
         return instance.address
+
+    def _key(self, name: str, env: EnvironmentConfig) -> aws.kms.Key:
+        # Retained with what it decrypts: the instance (prod) and its final snapshot (every kind but ci).
+        return aws.kms.Key(f"{name}-key", description=f"mlops-platform {env.name}: tracking database",
+                           enable_key_rotation=True, deletion_window_in_days=30 if env.protect else 7,
+                           opts=pulumi.ResourceOptions(parent=self, protect=env.protect,
+                                                       retain_on_delete=env.retain_on_delete or env.rds_final_snapshot))
+
+    def _final_snapshot_id(self, name: str, env: EnvironmentConfig) -> pulumi.Output[str] | None:
+        """One suffix per instance: a recreated environment's final snapshot never collides with its source."""
+        if not env.rds_final_snapshot:
+            return None
+        suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=pulumi.ResourceOptions(parent=self))
+        return pulumi.Output.concat(f"mlops-{env.name}-tracking-final-", suffix.hex)
 
     def _monitoring_role(self, name: str) -> aws.iam.Role:
         """RDS enhanced monitoring publishes OS metrics to CloudWatch Logs through this role."""
@@ -148,6 +168,7 @@ class Database(pulumi.ComponentResource):
             string_data={"POSTGRES_USER": USERNAME, "POSTGRES_PASSWORD": password, "POSTGRES_DB": DATABASE},
             opts=child,
         )
+        self.credentials_secret = secret.metadata["name"]
         service = k8s.core.v1.Service(
             f"{name}-postgres",
             metadata={"name": "postgres", "namespace": args.namespace, "labels": LABELS},

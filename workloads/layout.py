@@ -15,8 +15,11 @@ tests use both.
         monitoring/<endpoint>/last_retrain.json          the cooldown record
         monitoring/<endpoint>/retrain/<run_id>.parquet   newest data handed to a retraining Job
         monitoring/profiles/<dataset digest>/<features hash>.npz   cached reference profiles
-    s3://<artifact_bucket>/                              MLflow's artifact root (the tracking
+    s3://<artifact_bucket>/
+        mlflow/...                                       MLflow's artifact root (the tracking
                                                          server writes it; clients go through it)
+        backups/tracking/<YYYYmmddTHHMMSSZ>.dump.enc     encrypted pg_dump of the tracking database
+                                                         (cloud: none; components/backup.py)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ DATASETS = "datasets/"
 CAPTURES = "captures/"
 LABELS = "labels/"
 MONITORING = "monitoring/"
+BACKUPS = "backups/"  # artifact bucket, outside MLflow's artifact root
 
 
 # --- data bucket -----------------------------------------------------------------------------
@@ -84,6 +88,14 @@ def retrain_data_key(endpoint: str, run_id: str) -> str:
 
 def profile_key(dataset_digest: str, features_hash: str) -> str:
     return f"{MONITORING}profiles/{dataset_digest}/{features_hash}.npz"
+
+
+# --- artifact bucket -------------------------------------------------------------------------
+
+
+def tracking_backup_prefix() -> str:
+    """Where the backup CronJob puts each encrypted dump: `<prefix><UTC stamp>.dump.enc`."""
+    return f"{BACKUPS}tracking/"
 
 
 def monitoring_experiment(endpoint: str) -> str:

@@ -63,7 +63,7 @@ FACTS: dict[str, Callable[[RenderResult], Any]] = {
                                     for c in m["spec"]["template"]["spec"]["containers"]],
     "training search shards": lambda r: sorted(str(m["spec"]) for m in manifests(r, "CronJob")
                                                if m["metadata"]["name"].startswith("train-")),
-    "Pulumi protect and retain": lambda r: any(x.protect or x.retain_on_delete for x in r.resources),
+    "Pulumi protect and retain": lambda r: sorted(x.name for x in r.resources if x.protect or x.retain_on_delete),
     "ingress hosts": lambda r: len(manifests(r, "Ingress")),
 }
 
