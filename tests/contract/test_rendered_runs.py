@@ -142,7 +142,8 @@ def wait_captured(run: Run, endpoint: str, rows: int, timeout: float = 60) -> No
     found = 0
     while time.monotonic() < deadline:
         keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=run.buckets["capture"], Prefix=f"captures/{endpoint}/") for o in page.get("Contents", [])]
+            Bucket=run.buckets["capture"], Prefix=f"captures/{endpoint}/") for o in page.get("Contents", [])
+            if o["Key"].endswith(".parquet")]  # capture also writes per-flush summaries next to the Parquet
         found = sum(pq.read_metadata(io.BytesIO(client.get_object(Bucket=run.buckets["capture"], Key=k)["Body"]
                                                 .read())).num_rows for k in keys)
         if found >= rows:
