@@ -36,8 +36,7 @@ LINEAGE = ("mlops.dataset.name", "mlops.dataset.digest", "mlops.spec.hash", "mlo
 
 
 def cli(*args: str) -> Any:
-    result = CliRunner().invoke(app, list(args))
-    return result
+    return CliRunner().invoke(app, list(args))
 
 
 def hashes(root: Path) -> dict[str, str]:
@@ -142,7 +141,7 @@ def test_a_failure_midway_leaves_nothing_half_registered(first: dict, source: So
 
     monkeypatch.setattr(registry, "set_alias", fail)  # the last step of registration
     with pytest.raises(PromotionError, match="injected") as raised:
-        promote(PromoteSettings(model=source.name, version=2), source.env, target)
+        promote(PromoteSettings(model=source.name, version=2, copy_dataset=False), source.env, target)
     assert raised.value.exit_code == 1
     assert versions(target, source.name) == ["1"]
     client = target.mlflow_client()
@@ -159,11 +158,14 @@ def test_a_failure_midway_leaves_nothing_half_registered(first: dict, source: So
 @pytest.fixture(scope="module")
 def second(first: dict, source: Source, target: Environment, local_workdir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """v2 exported to a bundle by one command and imported by another (what deploy.yml does)."""
+    """v2 exported to a bundle by one command and imported by another (what deploy.yml does), its dataset
+    only referenced."""
     bundle = tmp_path_factory.mktemp("bundle") / "v2"
-    out = cli("promote", source.name, "--version", "2", "--from-workdir", str(local_workdir), "--to-bundle", str(bundle))
+    out = cli("promote", source.name, "--version", "2", "--no-copy-dataset", "--from-workdir", str(local_workdir),
+              "--to-bundle", str(bundle))
     assert out.exit_code == 0, out.output
     assert (bundle / "promotion.json").is_file() and (bundle / "model" / "MLmodel").is_file()
+    assert not (bundle / "dataset").exists()
     result = cli("promote", source.name, "--from-bundle", str(bundle), "--to-workdir", str(target.workdir), "--json")
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
@@ -184,6 +186,10 @@ def test_the_targets_gate_judges_on_the_targets_data(second: dict, source: Sourc
     tags = target.mlflow_client().get_model_version(source.name, "3").tags
     assert tags["mlops.gate.holdout.champion"] == str(gate["holdout"]["champion"])
     assert tags["mlops.promotion.chain"] == f"local/{source.name}/2"
+    # --no-copy-dataset: the version names the source's dataset version; the target's bucket has no copy.
+    assert second["dataset_uri"] == tags["mlops.dataset.uri"] == source.bad.dataset_uri
+    with pytest.raises(dataset.DataError, match="no such object"):
+        dataset.load(source.bad.dataset_uri, target)
 
 
 def test_the_bundle_path_and_the_direct_path_agree_on_what_was_promoted(second: dict, source: Source,
