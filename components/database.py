@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
@@ -41,6 +42,11 @@ class DatabaseArgs:
     cluster_security_group_id: pulumi.Input[str] | None = None
 
 
+def dsn_password(password: str) -> str:
+    """The password as a DSN carries it: every character that is not unreserved, percent-encoded."""
+    return quote(password, safe="")
+
+
 class Database(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]  # host:port
     host: pulumi.Output[str]
@@ -62,8 +68,10 @@ class Database(pulumi.ComponentResource):
         self.host = pulumi.Output.from_input(host)
         self.endpoint = pulumi.Output.concat(host, ":", str(PORT))
         # Name the driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, the image ships psycopg2.
+        # Percent-encoded: a configured password may hold `@`, `/`, `%` or `:`, which would split the URL.
         uri: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
-            "postgresql+psycopg2://", USERNAME, ":", password, "@", host, ":", str(PORT), "/", DATABASE,
+            "postgresql+psycopg2://", USERNAME, ":", password.apply(dsn_password), "@", host, ":", str(PORT), "/",
+            DATABASE,
             "" if env.in_cluster_database else "?sslmode=require"))
         self.uri = uri
         self.register_outputs({"endpoint": self.endpoint})

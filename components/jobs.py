@@ -16,8 +16,13 @@ runs `mlops monitor` with the thresholds from config and the endpoint's labels s
 (`concurrencyPolicy: Forbid`, history limits). When `monitoring.retrainJob` names a training
 job, the monitor may start it: the Job manifest is mounted as a file and a namespaced Role
 grants `create` on Jobs, nothing else. Kubernetes RBAC cannot restrict `create` by object name
-(the name is not known when the request is authorized), so the Role admits any Job in this
-namespace; the namespace's restricted Pod Security level and quota bound what such a Job could do.
+(the name is not known when the request is authorized), so a ValidatingAdmissionPolicy admits
+only Jobs matching the training template (components/retrain_admission.py; its parameters are
+the ConfigMap `retrain-admission` written here).
+
+Each pod carries its own credentials (components/credentials.py): training job J the MLflow user
+`mlops-training-J`, the monitor of endpoint E `mlops-monitoring-E`, and with MinIO the S3 user of
+its service account.
 
 Every container's arguments are its settings model rendered by the settings contract
 (workloads/settings.py `to_args`), so they parse as the CLI parses them. The stack contract
@@ -33,8 +38,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import credentials, retrain_admission
 from components.cluster import POOL_LABEL, TRAINING_TAINT_KEY
-from components.config import ConfigError, EnvironmentConfig, ServingEndpoint, TrainingJob
+from components.config import Cloud, ConfigError, EnvironmentConfig, ServingEndpoint, TrainingJob
 from components.irsa import irsa_role, service_account_annotations
 from components.podenv import configmap_contract, contract_configmap_data
 from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
@@ -46,7 +52,7 @@ from workloads.settings import MonitorSettings, TrainSettings, to_args
 
 CONTRACT_CONFIGMAP = "workload-contract"
 TRAINING_ACCOUNT = "training"
-MONITORING_ACCOUNT = "monitoring"
+MONITORING_ACCOUNT = retrain_admission.MONITORING_ACCOUNT  # what the admission policy matches
 RETRAIN_MOUNT = "/etc/mlops/retrain"
 TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Never fires: the template is suspended; a schedule is still required by the CronJob schema.
@@ -135,6 +141,8 @@ class Jobs(pulumi.ComponentResource):
         env = args.env
         self.training = {}
         self.monitoring = {}
+        if env.cluster.mode != "existing":  # cluster-scoped: the stack owning the cluster registers it
+            retrain_admission.register_policy(self, name, env.name)
         if not env.workloads.training and not env.serving.endpoints:
             self.register_outputs({})
             return
@@ -162,6 +170,7 @@ class Jobs(pulumi.ComponentResource):
             account = self._monitoring_account(name)
             if retrain:
                 self._retrain_access(name, account, templates[retrain])
+                self._retrain_admission(name, retrain, templates[retrain])
             for endpoint in env.serving.endpoints:
                 self._monitor(name, endpoint, account, retrain=bool(retrain))
                 self.monitoring[endpoint.name] = monitor_name(endpoint)
@@ -259,6 +268,21 @@ class Jobs(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _retrain_admission(self, name: str, job: str, templates: list[dict[str, Any]]) -> None:
+        """This namespace's parameters of the retraining admission policy: what the templates render."""
+        a = self._args
+        own = credentials.training(job)
+        secrets = [own.tracking_secret, *([own.s3_secret] if a.env.cloud == Cloud.none else [])]
+        args = [t["spec"]["template"]["spec"]["containers"][0]["args"] for t in templates]
+        k8s.core.v1.ConfigMap(
+            f"{name}-retrain-admission",
+            metadata={"name": retrain_admission.PARAMS, "namespace": a.namespace, "labels": PART_OF},
+            data=pulumi.Output.from_input(a.contract.capture_bucket).apply(lambda bucket: retrain_admission.parameters(
+                a.env.workload_image, TRAINING_ACCOUNT, secrets, args, bucket,
+                [e.name for e in a.env.serving.endpoints])),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
     def _monitor(self, name: str, endpoint: ServingEndpoint, account: k8s.core.v1.ServiceAccount,
                  retrain: bool) -> None:
         a = self._args
@@ -267,7 +291,7 @@ class Jobs(pulumi.ComponentResource):
         arguments = pulumi.Output.from_input(a.contract.capture_bucket).apply(
             lambda bucket: [*to_args(monitor_settings(a.env, endpoint, bucket)), "--json"])
         pod = WorkloadPod(account=MONITORING_ACCOUNT, container=monitor_container(arguments, retrain=retrain),
-                          scratch_size="8Gi", placement=system_placement(a.env), restart_policy="Never",
+                          scratch_size="8Gi", credentials=credentials.monitoring(endpoint.name), placement=system_placement(a.env), restart_policy="Never",
                           volumes=retrain_volumes() if retrain else ())
         k8s.batch.v1.CronJob(
             f"{name}-{monitor_name(endpoint)}",
@@ -296,6 +320,7 @@ def training_job_spec(pods: PodBuilder, env: EnvironmentConfig, job: TrainingJob
     container = Container(name="train", command=["mlops", "train"], args=arguments,
                           resources=resources(job.cpu, job.memory, gpus=training_gpus(env, job)))
     pod = WorkloadPod(account=TRAINING_ACCOUNT, container=container, scratch_size="8Gi",
+                      credentials=credentials.training(job.name),
                       placement=training_placement(env, job), restart_policy="Never")
     spec: dict[str, Any] = {
         "backoffLimit": job.backoff_limit,

@@ -1,10 +1,14 @@
 """The stack outputs contract as environment variables inside pods.
 
-Each output `<name>` is `MLOPS_<NAME>` in a pod, plus the standard MLFLOW_TRACKING_URI,
-MLFLOW_S3_ENDPOINT_URL (when there is an S3 endpoint) and MLFLOW_TRACKING_USERNAME /
-MLFLOW_TRACKING_PASSWORD from the tracking credentials Secret. Serving and jobs share it:
-a Deployment carries the values inline (a changed value rolls its pods); Jobs read them from
-the `workload-contract` ConfigMap (each run is a new pod, so it always sees the current values).
+Each output `<name>` is `MLOPS_<NAME>` in a pod, plus the standard MLFLOW_TRACKING_URI and
+MLFLOW_S3_ENDPOINT_URL (when there is an S3 endpoint). Serving and jobs share it: a Deployment
+carries the values inline (a changed value rolls its pods); Jobs read them from the
+`workload-contract` ConfigMap (each run is a new pod, so it always sees the current values).
+
+Credentials are not part of the contract: each pod gets its own (components/credentials.py,
+added by the pod builder). The contract only carries when they are in place: the two
+`*_credentials_secret` values resolve once the tracking server's and the MinIO users' Secrets
+exist, so pods are registered after them; their values are never given to a pod.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ class ContractValues:
     artifact_bucket: pulumi.Input[str]
     capture_bucket: pulumi.Input[str]
     cluster_name: pulumi.Input[str]
+    # Resolves once every workload's MLflow credentials Secret exists (never mounted: see the module doc).
     tracking_credentials_secret: pulumi.Input[str]
     region: str | None = None
     kms_key_arn: pulumi.Input[str] | None = None
     s3_endpoint: pulumi.Input[str] | None = None
-    s3_credentials_secret: pulumi.Input[str] | None = None  # cloud: none (MinIO)
+    # cloud: none: the MinIO root Secret, resolving once the per-account users exist (never mounted).
+    s3_credentials_secret: pulumi.Input[str] | None = None
 
 
 def contract_env(values: ContractValues) -> list[dict[str, Any]]:
@@ -52,36 +58,28 @@ def contract_env(values: ContractValues) -> list[dict[str, Any]]:
         env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": values.s3_endpoint})
     if values.region:
         env.append({"name": "AWS_REGION", "value": values.region})
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": values.tracking_credentials_secret,
-                                                                "key": key}}})
     return env
-
-
-def contract_env_from(values: ContractValues) -> list[dict[str, Any]]:
-    """On cloud none the MinIO credentials Secret provides AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
-    if values.s3_credentials_secret is None:
-        return []
-    return [{"secretRef": {"name": values.s3_credentials_secret}}]
 
 
 @dataclass(frozen=True)
 class ContractEnv:
-    """How the contract reaches one pod: `env` entries and `envFrom` sources."""
+    """How the contract reaches one pod: `env` entries and `envFrom` sources, and when credentials are ready."""
 
     env: list[dict[str, Any]]
     env_from: list[dict[str, Any]]
+    tracking_ready: pulumi.Input[str] | None = None
+    s3_ready: pulumi.Input[str] | None = None  # None: no MinIO (IRSA on AWS)
 
 
 def inline_contract(values: ContractValues) -> ContractEnv:
-    return ContractEnv(contract_env(values), contract_env_from(values))
+    return ContractEnv(contract_env(values), [], values.tracking_credentials_secret, values.s3_credentials_secret)
 
 
 def configmap_contract(values: ContractValues, configmap: str) -> ContractEnv:
-    """Plain values from the ConfigMap `configmap` (see `contract_configmap_data`); secrets stay secretKeyRefs."""
-    secrets = [e for e in contract_env(values) if "valueFrom" in e]
-    return ContractEnv(secrets, [{"configMapRef": {"name": configmap}}, *contract_env_from(values)])
+    """Every value from the ConfigMap `configmap` (see `contract_configmap_data`)."""
+    return ContractEnv([], [{"configMapRef": {"name": configmap}}], values.tracking_credentials_secret,
+                       values.s3_credentials_secret)
 
 
 def contract_configmap_data(values: ContractValues) -> dict[str, Any]:
-    return {e["name"]: e["value"] for e in contract_env(values) if "value" in e}
+    return {e["name"]: e["value"] for e in contract_env(values)}

@@ -3,8 +3,10 @@
 What each of them repeats is written here once: the workload image and its pull policy, the
 restricted security contexts, the contract environment, a writable emptyDir at /tmp (the root
 filesystem is read-only) with HOME and MLOPS_WORKDIR inside it, no automounted API token, and
-the service account. A component gives only what differs: the container's command, arguments,
-resources, extra env and mounts, placement and extra volumes.
+the service account, and the pod's own credentials (components/credentials.py: its MLflow user
+and, with MinIO, its S3 user; never an administrator's). A component gives only what differs: the
+container's command, arguments, resources, extra env and mounts, placement, extra volumes and
+whose credentials the pod carries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pulumi
 
 from components.cluster import POOL_LABEL
 from components.config import EnvironmentConfig
+from components.credentials import WorkloadCredentials, credential_env
 from components.irsa import OidcProvider
 from components.podenv import ContractEnv, ContractValues
 from components.security import container_security_context, pod_security_context, scratch_volume
@@ -57,6 +60,7 @@ class WorkloadPod:
     account: pulumi.Input[str]
     container: Container
     scratch_size: str
+    credentials: WorkloadCredentials
     placement: Mapping[str, Any] = field(default_factory=dict)  # nodeSelector, tolerations, spread
     volumes: Sequence[dict[str, Any]] = ()
     restart_policy: str | None = None  # Jobs: Never; Deployments: the default (Always)
@@ -68,16 +72,18 @@ class PodBuilder:
     contract: ContractEnv
 
     def spec(self, pod: WorkloadPod) -> dict[str, Any]:
-        c = pod.container
+        c, contract = pod.container, self.contract
+        own_env, own_env_from = credential_env(pod.credentials, contract.tracking_ready, contract.s3_ready,
+                                               minio=contract.s3_ready is not None)
         container = {
             "name": c.name,
             "image": self.image,
             "imagePullPolicy": "IfNotPresent",
             "command": c.command,
             "args": c.args,
-            "env": [*self.contract.env, *c.env, {"name": "HOME", "value": SCRATCH},
+            "env": [*contract.env, *own_env, *c.env, {"name": "HOME", "value": SCRATCH},
                     {"name": "MLOPS_WORKDIR", "value": WORKDIR}],
-            "envFrom": self.contract.env_from,
+            "envFrom": [*contract.env_from, *own_env_from],
             **c.extra,
             "resources": c.resources,
             "securityContext": container_security_context(),

@@ -19,6 +19,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components import credentials
 from components.config import EnvironmentConfig, ServingEndpoint
 from components.irsa import irsa_role, service_account_annotations
 from components.observability import serving_pod_annotations
@@ -130,6 +131,7 @@ class Serving(pulumi.ComponentResource):
         spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                    "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": labels}}]
         pod = WorkloadPod(account=account.metadata["name"], container=serve_container(endpoint), scratch_size="2Gi",
+                          credentials=credentials.serving(endpoint.name),  # its own MLflow user: reads its model
                           placement={**system_placement(args.env), "topologySpreadConstraints": spread})
         min_replicas = max(endpoint.replicas.min, 1)
         k8s.apps.v1.Deployment(

@@ -9,8 +9,10 @@ encryption or public-access block would silently weaken retained data). With
 `storage.accessLogs` (prod and staging), S3 server access logs go to a log bucket (SSE-S3: S3's
 log delivery cannot write with a KMS key), kept `storage.accessLogDays`.
 
-With `cloud: none`: an in-cluster MinIO (persistent volume, generated credentials in a
-Secret, a Job that creates the buckets with versioning) so workloads see the same S3 API.
+With `cloud: none`: an in-cluster MinIO (persistent volume, generated root credential in a
+Secret, a Job that creates the buckets with versioning) so workloads see the same S3 API. The
+root credential stays with MinIO and that Job: every workload gets a MinIO user scoped like its
+IRSA role (components/minio_users.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.config import Cloud, EnvironmentConfig, StorageConfig
+from components.config import Cloud, EnvironmentConfig, ServingEndpoint, StorageConfig
+from components.minio_users import MinioSetup, create_users
 from components.security import (
     container_security_context,
     pod_security_context,
@@ -47,11 +50,12 @@ class StorageArgs:
     force_destroy: bool
     access_logs: bool
     namespace: pulumi.Input[str] | None = None  # cloud: none only
+    endpoints: tuple[ServingEndpoint, ...] = ()  # cloud: none: the monitoring user may read their labels
 
     @classmethod
     def of(cls, env: EnvironmentConfig, namespace: pulumi.Input[str] | None = None) -> StorageArgs:
         return cls(env.storage, env.name, env.cloud, env.protect, env.retain_on_delete, env.force_destroy,
-                   env.access_logs, namespace)
+                   env.access_logs, namespace, tuple(env.serving.endpoints))
 
 
 class Storage(pulumi.ComponentResource):
@@ -207,7 +211,7 @@ class Storage(pulumi.ComponentResource):
             string_data={
                 "MINIO_ROOT_USER": "mlops-admin",
                 "MINIO_ROOT_PASSWORD": password.result,
-                # The same pair under the names boto3 and mlflow read.
+                # The same pair under the names S3 clients read: the in-cluster backup (backup.py) uses root.
                 "AWS_ACCESS_KEY_ID": "mlops-admin",
                 "AWS_SECRET_ACCESS_KEY": password.result,
             },
@@ -219,6 +223,25 @@ class Storage(pulumi.ComponentResource):
             spec={"selector": labels, "ports": [{"name": "s3", "port": MINIO_PORT, "targetPort": "s3"}]},
             opts=child,
         )
+        self._minio_server(name, env, namespace, credentials.metadata["name"], labels)
+        endpoint = pulumi.Output.concat("http://", service.metadata["name"], ".", namespace, ".svc:", str(MINIO_PORT))
+        setup = create_users(self, name, MinioSetup(namespace, endpoint, credentials.metadata["name"], password.result,
+                                                    bucket_names, env.endpoints, env.storage.minio_client_image,
+                                                    labels), depends_on=[service])
+        self.data_bucket = pulumi.Output.from_input(bucket_names["data"])
+        self.artifact_bucket = pulumi.Output.from_input(bucket_names["artifacts"])
+        self.capture_bucket = pulumi.Output.from_input(bucket_names["capture"])
+        self.bucket_arns = {role: pulumi.Output.from_input(f"arn:aws:s3:::{b}") for role, b in bucket_names.items()}
+        self.kms_key_arn = None
+        self.s3_endpoint = endpoint
+        # The root Secret's name, resolving once the setup Job created every account's user: a consumer
+        # (components/credentials.py) then references its own user's Secret, after that user exists.
+        self.credentials_secret = pulumi.Output.all(credentials.metadata["name"], setup.metadata["name"]).apply(
+            lambda v: str(v[0]))
+
+    def _minio_server(self, name: str, env: StorageArgs, namespace: pulumi.Input[str],
+                      root_secret: pulumi.Input[str], labels: dict[str, str]) -> None:
+        """One MinIO pod on a persistent volume, its root credential from the Secret."""
         k8s.apps.v1.StatefulSet(
             f"{name}-minio",
             metadata={"name": "minio", "namespace": namespace, "labels": labels},
@@ -235,7 +258,7 @@ class Storage(pulumi.ComponentResource):
                             "name": "minio",
                             "image": env.storage.minio_image,
                             "args": ["server", "/data", "--address", f":{MINIO_PORT}"],
-                            "envFrom": [{"secretRef": {"name": credentials.metadata["name"]}}],
+                            "envFrom": [{"secretRef": {"name": root_secret}}],
                             "ports": [{"name": "s3", "containerPort": MINIO_PORT}],
                             "readinessProbe": {"httpGet": {"path": "/minio/health/ready", "port": "s3"}},
                             "livenessProbe": {"httpGet": {"path": "/minio/health/live", "port": "s3"},
@@ -256,47 +279,6 @@ class Storage(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self, protect=env.protect, retain_on_delete=env.retain_on_delete),
         )
-        endpoint = pulumi.Output.concat("http://", service.metadata["name"], ".", namespace, ".svc:", str(MINIO_PORT))
-        create_buckets = " && ".join(
-            ["mc --config-dir /tmp/mc alias set store \"$S3_ENDPOINT\" \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\""]
-            + [f"mc --config-dir /tmp/mc mb --ignore-existing store/{b} && mc --config-dir /tmp/mc version enable store/{b}"
-               for b in bucket_names.values()]
-        )
-        k8s.batch.v1.Job(
-            f"{name}-create-buckets",
-            metadata={"namespace": namespace, "labels": labels},
-            spec={
-                "backoffLimit": 6,
-                "ttlSecondsAfterFinished": 3600,
-                "template": {
-                    "metadata": {"labels": {"app.kubernetes.io/name": "minio-create-buckets"}},
-                    "spec": {
-                        "restartPolicy": "OnFailure",
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        "containers": [{
-                            "name": "create-buckets",
-                            "image": env.storage.minio_client_image,
-                            "command": ["/bin/sh", "-c", create_buckets],
-                            "env": [{"name": "S3_ENDPOINT", "value": endpoint}],
-                            "envFrom": [{"secretRef": {"name": credentials.metadata["name"]}}],
-                            "resources": resources("100m", "128Mi"),
-                            "securityContext": container_security_context(),
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                        }],
-                        "volumes": [scratch_volume()],
-                    },
-                },
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
-        )
-        self.data_bucket = pulumi.Output.from_input(bucket_names["data"])
-        self.artifact_bucket = pulumi.Output.from_input(bucket_names["artifacts"])
-        self.capture_bucket = pulumi.Output.from_input(bucket_names["capture"])
-        self.bucket_arns = {role: pulumi.Output.from_input(f"arn:aws:s3:::{b}") for role, b in bucket_names.items()}
-        self.kms_key_arn = None
-        self.s3_endpoint = endpoint
-        self.credentials_secret = credentials.metadata["name"]
 
 
 def lifecycle_rules(env: StorageArgs) -> list[dict[str, object]]:

@@ -8,7 +8,11 @@ generated once and shared by all replicas through a Secret. On AWS the pod reach
 through an IRSA role scoped to the artifact bucket and its KMS key.
 
 Before the server starts, an init container migrates the schema under a Postgres advisory lock
-(components/migrations.py), so a new MLflow image never meets an out-of-date database. The server
+(components/migrations.py), so a new MLflow image never meets an out-of-date database; a second one
+applies the user plan (components/mlflow_users.py): the admin password from config, one user per
+workload with its grants, each user's password in its own Secret. `default_permission` is
+NO_PERMISSIONS: users see only what they are granted. A checksum of those credentials on the pod
+template rolls the Deployment when one changes, which is how a rotation takes effect. The server
 runs with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3.17 otherwise starts a job runner and
 seven consumer processes (~2 GB) that this platform does not use, against a 1Gi limit.
 
@@ -28,8 +32,17 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.config import EnvironmentConfig, Secrets
+from components.credentials import minio_secret
 from components.irsa import OidcProvider, irsa_role, s3_statements, service_account_annotations
-from components.migrations import migration_container
+from components.migrations import LOCK_KEY, migration_container
+from components.mlflow_users import (
+    METRICS_SECRET,
+    USERS_FILE,
+    credentials_checksum,
+    plan,
+    provision_container,
+    user_secrets,
+)
 from components.security import (
     TELEMETRY_OFF,
     container_security_context,
@@ -46,7 +59,9 @@ LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "tracki
           "app.kubernetes.io/part-of": "mlops-platform"}
 # Workload pods that may talk to the tracking server carry this label (NetworkPolicy).
 CLIENT_LABEL = {"mlops-platform/tracking-client": "true"}
-CREDENTIALS_SECRET = "tracking-credentials"
+CREDENTIALS_SECRET = METRICS_SECRET  # the metrics scraper's user: authenticated, no grants
+CHECKSUM_ANNOTATION = "mlops-platform/credentials-checksum"
+USERS_SECRET = "mlflow-users"
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ class TrackingArgs:
     kms_key_arn: pulumi.Input[str] | None = None
     oidc: OidcProvider | None = None
     s3_endpoint: pulumi.Input[str] | None = None  # cloud: none
-    s3_credentials_secret: pulumi.Input[str] | None = None  # cloud: none
+    s3_credentials_secret: pulumi.Input[str] | None = None  # cloud: none; the pod uses its own MinIO user
 
 
 def allowed_hosts(namespace: str, host: str | None) -> list[str]:
@@ -80,12 +95,21 @@ def source_regex(artifact_bucket: str) -> str:
             rf"|s3://{re.escape(artifact_bucket)}/{ARTIFACT_PREFIX}/)(?!.*\.\./).*$")
 
 
+def tracking_policy(artifact_bucket_arn: str, kms_key_arn: str | None) -> str:
+    """The artifact proxy's S3 access (IRSA on AWS, its MinIO user otherwise): the artifact prefix only."""
+    return json.dumps({"Version": "2012-10-17", "Statement": s3_statements(
+        read=[artifact_bucket_arn], write=[artifact_bucket_arn], kms_key_arn=kms_key_arn,
+        prefix=f"{ARTIFACT_PREFIX}/*", delete=True)})
+
+
 def auth_config(admin_username: str, database_uri: str) -> str:
     # The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD (a Secret), never from this file.
+    # MLflow reads this file with configparser, whose interpolation takes `%` as a reference: the DSN's
+    # percent-encoded password (`%40` for `@`) must be written `%%40`.
     return "\n".join([
         "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = {database_uri}",
+        "default_permission = NO_PERMISSIONS",
+        f"database_uri = {database_uri.replace('%', '%%')}",
         f"admin_username = {admin_username}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         "grant_default_workspace_access = false",
@@ -96,15 +120,15 @@ def auth_config(admin_username: str, database_uri: str) -> str:
 class TrackingServer(pulumi.ComponentResource):
     tracking_uri: pulumi.Output[str]  # in-cluster
     tracking_url: pulumi.Output[str] | None  # external, with an Ingress
-    credentials_secret: pulumi.Output[str]  # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    credentials_secret: pulumi.Output[str]  # the scraper's Secret, resolving once every user's Secret exists
 
     def __init__(self, name: str, args: TrackingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:tracking:TrackingServer", name, None, opts)
         cfg = args.env.tracking
         child = pulumi.ResourceOptions(parent=self)
-        secret_name = self._secrets(name, args)
+        secret_name, checksum = self._secrets(name, args)
         account = self._service_account(name, args)
-        deployment = self._deployment(name, args, account, secret_name)
+        deployment = self._deployment(name, args, account, secret_name, checksum)
         if cfg.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
@@ -128,10 +152,15 @@ class TrackingServer(pulumi.ComponentResource):
             self.tracking_url = pulumi.Output.from_input(f"https://{cfg.host}")
         self.register_outputs({"tracking_uri": self.tracking_uri, "tracking_url": self.tracking_url})
 
-    def _secrets(self, name: str, args: TrackingArgs) -> pulumi.Output[str]:
-        """The server's Secret (Flask key, admin password, DSN, auth config) and the clients' credentials."""
+    def _secrets(self, name: str, args: TrackingArgs) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """The server's Secret (Flask key, admin password, DSN, auth config), the users' Secrets and the plan
+        the init container applies; returns the server Secret's name and the credentials checksum."""
         cfg = args.env.tracking
         child = pulumi.ResourceOptions(parent=self)
+        users = user_secrets(self, f"{name}-user", args.namespace, plan(args.env), LABELS)
+        k8s.core.v1.Secret(f"{name}-users", metadata={"name": USERS_SECRET, "namespace": args.namespace,
+                                                     "labels": LABELS},
+                           string_data={USERS_FILE: users.document}, opts=child)
         flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
         server_secret = k8s.core.v1.Secret(
             f"{name}-server",
@@ -146,16 +175,12 @@ class TrackingServer(pulumi.ComponentResource):
             },
             opts=child,
         )
-        credentials = k8s.core.v1.Secret(
-            f"{name}-credentials",
-            metadata={"name": CREDENTIALS_SECRET, "namespace": args.namespace, "labels": LABELS},
-            string_data={"MLFLOW_TRACKING_USERNAME": cfg.admin_username,
-                         "MLFLOW_TRACKING_PASSWORD": args.secrets.tracking_admin_password},
-            opts=child,
-        )
-        self.credentials_secret = credentials.metadata["name"]
-
-        return server_secret.metadata["name"]
+        self.credentials_secret = users.ready
+        # Salted with the Flask key, the digest reveals nothing: unsecret, so `pulumi preview` still shows the spec.
+        checksum = pulumi.Output.unsecret(pulumi.Output.all(
+            flask_key.result, args.secrets.tracking_admin_password, users.document).apply(
+            lambda v: credentials_checksum(*v)))
+        return server_secret.metadata["name"], checksum
 
     def _service_account(self, name: str, args: TrackingArgs) -> k8s.core.v1.ServiceAccount:
         """On AWS, IRSA limited to the artifact prefix of the artifact bucket and its key."""
@@ -164,8 +189,7 @@ class TrackingServer(pulumi.ComponentResource):
         role = None
         if args.oidc is not None:
             policy = pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(
-                lambda v: json.dumps({"Version": "2012-10-17", "Statement": s3_statements(
-                    read=[v[0]], write=[v[0]], kms_key_arn=v[1], prefix=f"{ARTIFACT_PREFIX}/*", delete=True)}))
+                lambda v: tracking_policy(v[0], v[1]))
             role = irsa_role(f"{name}-irsa", env, args.oidc, ns, NAME, policy, parent=self)
         account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
@@ -196,15 +220,17 @@ class TrackingServer(pulumi.ComponentResource):
         ]
         env_from: list[dict[str, Any]] = []
         if args.s3_endpoint is not None:
+            # Its own MinIO user (the artifact prefix only), once the setup Job created it; never MinIO's root.
+            own = pulumi.Output.from_input(args.s3_credentials_secret).apply(lambda _: minio_secret("tracking"))
             env_vars.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": args.s3_endpoint})
-            env_from.append({"secretRef": {"name": args.s3_credentials_secret}})
+            env_from.append({"secretRef": {"name": own}})
         else:
             env_vars.append({"name": "AWS_REGION", "value": env.region})
 
         return env_vars, env_from
 
     def _deployment(self, name: str, args: TrackingArgs, account: k8s.core.v1.ServiceAccount,
-                    secret_name: pulumi.Output[str]) -> k8s.apps.v1.Deployment:
+                    secret_name: pulumi.Output[str], checksum: pulumi.Output[str]) -> k8s.apps.v1.Deployment:
         env, cfg = args.env, args.env.tracking
         child = pulumi.ResourceOptions(parent=self)
         image = env.workload_image
@@ -216,7 +242,8 @@ class TrackingServer(pulumi.ComponentResource):
                 "selector": {"matchLabels": LABELS},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
-                    "metadata": {"labels": LABELS},
+                    # A rotated credential changes the checksum: the pods roll and the init container applies it.
+                    "metadata": {"labels": LABELS, "annotations": {CHECKSUM_ANNOTATION: checksum}},
                     "spec": {
                         "serviceAccountName": account.metadata["name"],
                         "automountServiceAccountToken": False,
@@ -225,14 +252,20 @@ class TrackingServer(pulumi.ComponentResource):
                         "topologySpreadConstraints": [{
                             "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": LABELS}}],
-                        # The schema is current (or created) before any replica's server verifies it.
-                        "initContainers": [migration_container(image, secret_name, TELEMETRY_OFF)],
+                        # The schema is current (or created) before any replica's server verifies it; then
+                        # the users, their passwords and grants, and the admin password are as planned.
+                        "initContainers": [
+                            migration_container(image, secret_name, TELEMETRY_OFF),
+                            provision_container(image, secret_name, cfg.admin_username, "users", AUTH_CONFIG_PATH,
+                                                LOCK_KEY, TELEMETRY_OFF)],
                         "containers": [self._server_container(args, image, secret_name)],
                         "volumes": [
                             scratch_volume("tmp", "1Gi"),
                             {"name": "auth-config", "secret": {
                                 "secretName": secret_name, "defaultMode": 0o440,
                                 "items": [{"key": "basic_auth.ini", "path": "basic_auth.ini"}]}},
+                            # Every user's password: mounted by the init container only.
+                            {"name": "users", "secret": {"secretName": USERS_SECRET, "defaultMode": 0o440}},
                         ],
                     },
                 },

@@ -154,15 +154,18 @@ def test_the_admission_policy_confines_the_ci_group(namespace: str, resource: st
 
 def test_dev_renders_the_ci_rbac_and_binds_the_policy(rendered: dict[str, RenderResult]) -> None:
     result = rendered["dev"]
-    binding = result.one("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding")
+    binding = result.one("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding",
+                         "services-ci-own-namespaces")
     assert binding.inputs["spec"]["validationActions"] == ["Deny"]
-    policy = result.one("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
+    policy = result.one("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy",
+                        "services-ci-own-namespaces")
     assert policy.inputs["spec"] == json.loads(json.dumps(ci_admission_policy()))
     roles = {r.inputs["metadata"]["name"]: r.inputs["rules"] for r in result.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")}
     bind = next(rule for rule in roles["mlops-ci-deployer"] if rule["resources"] == ["clusterroles"])
     assert bind["verbs"] == ["bind"] and bind["resourceNames"] == [CI_NAMESPACE_ADMIN]
     assert not any("secrets" in rule["resources"] for rule in roles["mlops-ci-deployer"])  # nothing to read
-    assert not rendered["prod"].of_type("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
+    assert not [p for p in rendered["prod"].of_type("kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
+                if p.name == "services-ci-own-namespaces"]
 
 
 def test_a_ci_namespace_binds_the_ci_group_before_anything_goes_in(rendered: dict[str, RenderResult]) -> None:

@@ -207,10 +207,11 @@ def test_contract_reaches_pods_through_a_configmap(rendered: dict[str, RenderRes
     assert data["MLFLOW_TRACKING_URI"] == result.outputs["tracking_uri"]
     assert data["MLFLOW_DISABLE_TELEMETRY"] == "true" and data["DO_NOT_TRACK"] == "true"
     assert ADMIN_PASSWORD not in json.dumps(data)
-    for name in ("train-churn", "monitor-churn"):
+    for name, user in (("train-churn", "training-churn"), ("monitor-churn", "monitoring-churn")):
         c = container(manifest(result, "CronJob", name))
         assert {"configMapRef": {"name": "workload-contract"}} in c["envFrom"]
-        assert env_of(c)["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "tracking-credentials",
+        # Each pod its own MLflow user (tests/infra/test_credentials.py), never the admin's.
+        assert env_of(c)["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": f"mlflow-user-{user}",
                                                                           "key": "MLFLOW_TRACKING_PASSWORD"}}
 
 
@@ -354,5 +355,9 @@ def test_no_jobs_without_training_or_endpoints() -> None:
         config["mlops-platform:serving"] = {"endpoints": []}
 
     result = render_with("local", edit)
-    assert not manifests(result, "CronJob") and not manifests(result, "Role")
+    jobs = result.one("mlops:jobs:Jobs", "jobs").urn
+    # Only the cluster-wide retraining admission policy (this stack owns its cluster) remains.
+    assert {r.type.rsplit(":", 1)[1] for r in result.resources if r.parent == jobs} == {
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert not manifests(result, "Role")
     assert result.outputs["training_jobs"] == {} and result.outputs["monitoring_cronjobs"] == {}

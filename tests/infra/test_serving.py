@@ -74,11 +74,12 @@ def test_stack_contract_env(rendered: dict[str, RenderResult], stack: str) -> No
         assert key in env, f"{stack}: {key} missing"
     assert env["MLOPS_CAPTURE_BUCKET"] == result.outputs["capture_bucket"]
     assert env["MLFLOW_TRACKING_URI"] == result.outputs["tracking_uri"]
-    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "tracking-credentials",
+    # The endpoint's own MLflow and MinIO users (tests/infra/test_credentials.py), never an admin's.
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "mlflow-user-serving-churn",
                                                                 "key": "MLFLOW_TRACKING_PASSWORD"}}
     if stack == "local":
         assert env["MLFLOW_S3_ENDPOINT_URL"] == result.outputs["s3_endpoint"]
-        assert container(result)["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}]
+        assert container(result)["envFrom"] == [{"secretRef": {"name": "minio-user-serving"}}]
     else:
         assert "MLFLOW_S3_ENDPOINT_URL" not in env
 
