@@ -57,8 +57,9 @@ class Traffic(threading.Thread):
                 rid = f"t-{i}"
                 body = self.rows.iloc[[i % len(self.rows)]].to_json(orient="split", index=False)
                 try:
-                    status = client.post("/invocations", content=f'{{"dataframe_split": {body}}}',
-                                         headers={"Content-Type": "application/json", "X-Request-Id": rid}).status_code
+                    r = client.post("/invocations", content=f'{{"dataframe_split": {body}}}',
+                                    headers={"Content-Type": "application/json", "X-Request-Id": rid})
+                    status, rid = r.status_code, r.headers["X-Request-Id"]  # the server's id: what capture records
                 except httpx.HTTPError:
                     status = -1
                 self.statuses.append((rid, status))

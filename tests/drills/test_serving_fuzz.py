@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import string
+import uuid
 from collections import Counter
 
 import httpx
@@ -24,6 +25,7 @@ from tests.drills.conftest import features
 from tests.serving.helpers import read_captures
 from workloads.data.sample import generate
 from workloads.environment import Environment
+from workloads.serving.asgi import CLIENT_ID
 
 pytestmark = pytest.mark.servers
 EXAMPLES = 1200
@@ -190,8 +192,10 @@ def test_fuzzed_requests_never_get_a_5xx(drill_endpoint, churn_model) -> None:
         if r.status_code >= 500 or not r.text.strip():
             failures.append(f"{label}: {r.status_code} {r.text[:300]!r} for {body[:200]!r}")
             return
-        if request_id:
-            assert r.headers["X-Request-Id"] == request_id
+        # The server assigns every id (capture and labels join on it); a valid client id is echoed apart.
+        assert str(uuid.UUID(r.headers["X-Request-Id"])) == r.headers["X-Request-Id"] != request_id
+        assert r.headers.get("X-Client-Request-Id") == (request_id if request_id and CLIENT_ID.fullmatch(request_id)
+                                                        else None)
         if r.status_code != 200 and r.headers["content-type"].startswith("application/json"):
             error = r.json()
             assert error["error_code"] and error["message"], label
@@ -202,7 +206,8 @@ def test_fuzzed_requests_never_get_a_5xx(drill_endpoint, churn_model) -> None:
     assert sum(statuses.values()) >= 1000, statuses
     assert sum(n for s, n in statuses.items() if 400 <= s < 500) >= 900, statuses
     metrics = ep.client.get("/metrics").text
-    assert not [line for line in metrics.splitlines() if line.startswith('mlops_serving_requests_total{status="5')]
+    counted = [line for line in metrics.splitlines() if line.startswith("mlops_serving_requests_total{")]
+    assert counted and not [line for line in counted if 'status="5' in line], counted
 
     # Still healthy and still right: valid requests give the in-process predictions.
     assert ep.client.get("/ping").status_code == 200
@@ -219,24 +224,24 @@ def test_fuzzed_requests_never_get_a_5xx(drill_endpoint, churn_model) -> None:
 def test_an_accepted_odd_request_does_not_cost_others_their_capture(drill_endpoint, local_stack) -> None:
     """MLflow's schema takes any value in a string column; capture must still keep every other record."""
     import time
-    import uuid
 
     ep = drill_endpoint
     tag = uuid.uuid4().hex[:8]
     row = BASE.iloc[0].to_dict()
     sent: dict[str, int] = {}
+    ids: dict[str, str] = {}  # ours -> the server's (what capture records)
     for i, contract in enumerate(["month-to-month", 1.5, None, True, "two-year", 12345678901234567890123, "one-year"]):
         rid = f"odd-{tag}-{i}"
         body = encode([{**row, "contract": contract}], "dataframe_records")
-        sent[rid] = ep.client.post("/invocations", content=body,
-                                   headers={"Content-Type": JSON, "X-Request-Id": rid}).status_code
+        r = ep.client.post("/invocations", content=body, headers={"Content-Type": JSON, "X-Request-Id": rid})
+        sent[rid], ids[rid] = r.status_code, r.headers["X-Request-Id"]
     assert all(status in (200, 400) for status in sent.values()), sent
-    answered = {rid for rid, status in sent.items() if status == 200}
-    assert {f"odd-{tag}-0", f"odd-{tag}-4", f"odd-{tag}-6"} <= answered, sent
+    answered = {ids[rid] for rid, status in sent.items() if status == 200}
+    assert {ids[f"odd-{tag}-{i}"] for i in (0, 4, 6)} <= answered, sent
     deadline = time.monotonic() + 8  # the endpoint flushes every second
     captured: set[str] = set()
     while time.monotonic() < deadline and not answered <= captured:
         time.sleep(0.5)
         frame = read_captures(Environment(local_stack), "drill")
-        captured = set(frame["_request_id"]) & set(sent) if not frame.empty else set()
+        captured = set(frame["_request_id"]) & set(ids.values()) if not frame.empty else set()
     assert answered <= captured, f"answered but never captured: {sorted(answered - captured)}"

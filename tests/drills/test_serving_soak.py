@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.drills.conftest import features
+from tests.serving.helpers import tree_rss_kib
 from workloads.data.sample import generate
 
 pytestmark = pytest.mark.servers
@@ -26,30 +26,6 @@ TOTAL = 20_000
 WARMUP = 2_000
 CONCURRENCY = 16
 MAX_GROWTH = 0.10
-
-
-def tree_rss_kib(root: int) -> int:
-    """VmRSS of `root` and every descendant, in KiB."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 def test_20000_requests_no_errors_and_flat_memory(drill_endpoint, churn_model) -> None:

@@ -70,10 +70,17 @@ class Endpoint:
         raise AssertionError(f"not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def metric(self, name: str) -> float:
-        """A metric's value; `name` may carry labels, e.g. 'x_total{path="fast"}'."""
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
-                return float(line.rsplit(" ", 1)[1])
+        """A metric's value; `name` may carry labels, e.g. 'x_total{path="fast"}' (a subset of the
+        sample's labels: every sample also carries `mlops_endpoint`)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        base, _, rest = name.partition("{")
+        wanted = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        wanted = {k: v.strip('"') for k, v in wanted.items()}
+        for family in text_string_to_metric_families(self.client.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == base and wanted.items() <= sample.labels.items():
+                    return float(sample.value)
         raise AssertionError(f"metric {name} not exposed")
 
     def stop(self) -> int:
@@ -92,7 +99,8 @@ def read_captures(env: Environment, endpoint: str) -> pd.DataFrame:
     """Every captured row of an endpoint in the environment's capture bucket."""
     s3, bucket = env.s3, env.outputs.capture_bucket
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=capture_prefix(endpoint)) for o in page.get("Contents", [])]
+        Bucket=bucket, Prefix=capture_prefix(endpoint)) for o in page.get("Contents", [])
+        if o["Key"].endswith(".parquet")]  # not the summaries beside them
     frames = [pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -122,6 +130,30 @@ def private_store(env: Environment, port: int, bucket: str, workdir: Path) -> En
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "outputs.json").write_text(outputs.model_dump_json())
     return private
+
+
+def tree_rss_kib(root: int) -> int:
+    """VmRSS of `root` and every descendant, in KiB."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 # --- a small model saved locally (in-process tests, no servers) --------------------------------

@@ -33,6 +33,10 @@ class EchoApp:
 
         if scope["type"] != "http":
             return
+        if scope["path"] == "/early":  # answers without reading the body, like a 413 or 408 does
+            await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         body = b""
         while True:
             message = await receive()
@@ -183,3 +187,26 @@ def test_half_closed_client_gets_its_answer_and_nothing_is_logged(server: tuple[
     time.sleep(0.7)
     errors = [r.getMessage() for r in records[before:] if r.levelno >= logging.ERROR]
     assert not errors, errors
+
+
+def test_a_half_read_request_is_not_kept_alive(server: tuple[int, list]) -> None:
+    """Answered before its body arrived: the connection ends soon, however the client keeps dripping."""
+    port, _ = server
+    with connect(port) as s:
+        s.sendall(request("/early", body=b"x" * 1000)[:-990])
+        started = time.monotonic()
+        answer = b""
+        s.settimeout(0.5)
+        while time.monotonic() - started < 8:
+            try:
+                s.sendall(b"x")
+                chunk = s.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        assert status_of(answer) == 413
+        assert time.monotonic() - started < 5  # closed after the linger, not after 8 s of dripping

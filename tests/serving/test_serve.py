@@ -8,6 +8,7 @@ import signal
 import time
 import uuid
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -235,7 +236,7 @@ BAD = [
 ]
 
 
-def test_bad_requests_get_4xx_with_reason_and_server_stays_healthy(bootstrapped):
+def test_bad_requests_get_4xx_with_reason_and_server_stays_healthy(bootstrapped, model_name):
     ep, _, v1 = bootstrapped
     for label, body, ctype, status in BAD:
         headers = {"Content-Type": ctype} if ctype else {}
@@ -254,9 +255,9 @@ def test_bad_requests_get_4xx_with_reason_and_server_stays_healthy(bootstrapped)
     assert ep.client.get("/ping").status_code == 200
     ok = ep.client.post("/invocations", content=payload("csv", make_data(2, 1))[0], headers={"Content-Type": "text/csv"})
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
-    five_xx = [line for line in ep.client.get("/metrics").text.splitlines()
-               if line.startswith('mlops_serving_requests_total{status="5')]
-    assert five_xx in ([], ['mlops_serving_requests_total{status="503"} 1.0']), five_xx  # 503: bootstrap only
+    five_xx = [line.split("{", 1)[1] for line in ep.client.get("/metrics").text.splitlines()
+               if line.startswith("mlops_serving_requests_total{") and 'status="5' in line]
+    assert five_xx in ([], [f'mlops_endpoint="{model_name}",status="503"}} 1.0']), five_xx  # 503: bootstrap only
 
 
 def test_failing_request_in_a_batch_fails_alone(bootstrapped, env, model_name):
@@ -296,6 +297,7 @@ def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, env
             "/invocations", content=payload("dataframe_split", data.iloc[i:i + 2])[0],
             headers={"Content-Type": "application/json", "X-Request-Id": f"cap-{i}"}), range(0, 30, 2)))
     assert all(r.status_code == 200 for r in rs)
+    ids = [r.headers["x-request-id"] for r in rs]  # the server's: what capture records (request i*2 -> ids[i])
     assert read_captures(env, endpoint).empty
     assert ep.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
     got = read_captures(env, endpoint)
@@ -305,7 +307,7 @@ def test_capture_n_requests_give_n_records_flushed_on_shutdown(bootstrapped, env
     assert (got["_model_version"] == v1).all() and (got["_model_name"] == model_name).all()
     assert str(got["_ts"].dtype).startswith("datetime64") and str(got["_ts"].dt.tz) == "UTC"
     got = got.sort_values(["_request_id", "_row"])
-    first = got[got["_request_id"] == "cap-4"]
+    first = got[got["_request_id"] == ids[2]]
     np.testing.assert_allclose(first[NUMERIC].to_numpy(), data.iloc[4:6][NUMERIC].to_numpy())
     assert list(first["_row"]) == [0, 1]
 
@@ -319,9 +321,14 @@ def test_capture_survives_s3_outage_and_resumes(bootstrapped, env, model_name, t
         ep = Endpoint(model_name, outage.workdir, "--endpoint-name", "outage", "--capture-flush-seconds", "0.3",
                       "--capture-max-buffer-rows", "20", log=tmp_path / "serve.log")
         ep.wait_ready()
-        post = lambda i: ep.client.post(  # noqa: E731
-            "/invocations", content=payload("dataframe_split", make_data(1, i))[0],
-            headers={"Content-Type": "application/json", "X-Request-Id": f"o-{i}"})
+        ids: dict[int, str] = {}  # request -> the server's id (what capture records)
+
+        def post(i: int) -> httpx.Response:
+            r = ep.client.post("/invocations", content=payload("dataframe_split", make_data(1, i))[0],
+                               headers={"Content-Type": "application/json", "X-Request-Id": f"o-{i}"})
+            ids[i] = r.headers["x-request-id"]
+            return r
+
         assert all(post(i).status_code == 200 for i in range(5))
         deadline = time.monotonic() + 10
         while ep.metric("mlops_capture_records_written_total") < 5 and time.monotonic() < deadline:
@@ -346,7 +353,7 @@ def test_capture_survives_s3_outage_and_resumes(bootstrapped, env, model_name, t
         assert ep.metric("mlops_capture_records_written_total") == 25
         assert ep.metric("mlops_capture_buffered_rows") == 0
         got = read_captures(outage, "outage")
-        assert len(got) == 20 and set(got["_request_id"]) == {f"o-{i}" for i in range(5, 25)}
+        assert len(got) == 20 and set(got["_request_id"]) == {ids[i] for i in range(5, 25)}
     finally:
         if ep is not None:
             ep.stop()

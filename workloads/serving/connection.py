@@ -31,6 +31,10 @@ from workloads.serving.admission import RETRY_AFTER_SECONDS
 if TYPE_CHECKING:
     from workloads.settings import ServeSettings
 
+# After refusing a request a client may still be sending it: keep reading (and discarding) for a
+# moment so it gets the answer instead of a connection reset, within these bounds.
+LINGER_SECONDS, LINGER_BYTES = 2.0, 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -70,6 +74,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
+        self._lingering = False  # answered and closing: what still arrives is dropped
+        self._discarded = 0
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -77,7 +83,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._refuse(503, f"more than {self.limits.max_connections} open connections per worker "
-                              "(--max-connections)", [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
+                              "(--max-connections)", [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+                         linger=False)
             return
         self._arm()
 
@@ -94,6 +101,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # answered and closing: the rest of the request is dropped
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.transport.close()
+            return
         if self._in_headers:
             self._raw_bytes += len(data)
         super().data_received(data)
@@ -128,6 +140,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_headers = True  # what arrives next is the next request's head
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before the whole body arrived (413, 408, 401, 503): no keep-alive on a
+            # half-read request, however slowly the client keeps sending it.
+            self._linger()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parser error, or ours when a limit stopped the parser."""
@@ -167,8 +187,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(408, f"the request headers did not arrive within "
                               f"{self.limits.header_timeout_seconds:g} s (--header-timeout-seconds)")
 
-    def _refuse(self, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Answer before any request reached the app, and close the connection."""
+    def _refuse(self, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None,
+                linger: bool = True) -> None:
+        """Answer before any request reached the app, and close the connection (after a short linger
+        that drains what the client is still sending, so it reads the answer rather than a reset)."""
         self._refusal = (status, message)
         self._disarm()
         if self.transport.is_closing():
@@ -178,7 +200,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 b"content-length: " + str(len(body)).encode() + b"\r\n", b"connection: close\r\n",
                 *(name + b": " + value + b"\r\n" for name, value in extra or [])]
         self.transport.write(b"".join([*head, b"\r\n", body]))
-        self.transport.close()
+        if linger:
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Close soon: the client reads the answer and an end of stream, not a reset."""
+        self._lingering = True
+        self._unset_keepalive_if_required()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
 
 def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
