@@ -156,17 +156,21 @@ def test_a_failure_midway_leaves_nothing_half_registered(first: dict, source: So
 
 
 @pytest.fixture(scope="module")
-def second(first: dict, source: Source, target: Environment, local_workdir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """v2 exported to a bundle by one command and imported by another (what deploy.yml does), its dataset
-    only referenced."""
+def v2_bundle(source: Source, local_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v2 exported by one command (the source's half of what deploy.yml does), its dataset only referenced."""
     bundle = tmp_path_factory.mktemp("bundle") / "v2"
     out = cli("promote", source.name, "--version", "2", "--no-copy-dataset", "--from-workdir", str(local_workdir),
               "--to-bundle", str(bundle))
     assert out.exit_code == 0, out.output
     assert (bundle / "promotion.json").is_file() and (bundle / "model" / "MLmodel").is_file()
     assert not (bundle / "dataset").exists()
-    result = cli("promote", source.name, "--from-bundle", str(bundle), "--to-workdir", str(target.workdir), "--json")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def second(first: dict, v2_bundle: Path, source: Source, target: Environment) -> dict[str, Any]:
+    """v2 imported from the bundle by another command (the target's half)."""
+    result = cli("promote", source.name, "--from-bundle", str(v2_bundle), "--to-workdir", str(target.workdir), "--json")
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
 
@@ -192,10 +196,13 @@ def test_the_targets_gate_judges_on_the_targets_data(second: dict, source: Sourc
         dataset.load(source.bad.dataset_uri, target)
 
 
-def test_the_bundle_path_and_the_direct_path_agree_on_what_was_promoted(second: dict, source: Source,
-                                                                        target: Environment) -> None:
+def test_the_bundle_path_and_the_direct_path_agree_on_what_was_promoted(second: dict, v2_bundle: Path,
+                                                                        source: Source, target: Environment) -> None:
     again = promote(PromoteSettings(model=source.name, alias="challenger"), source.env, target)
     assert (again.created, again.version) == (False, "3")
+    other = cli("promote", source.name, "--version", "1", "--from-bundle", str(v2_bundle), "--to-workdir",
+                str(target.workdir))
+    assert other.exit_code == 2 and f"holds {source.name} v2" in other.output
 
 
 def test_options_are_checked_before_anything_is_copied(source: Source, local_workdir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@
 2. idempotency: a target version whose `mlops.promoted_from` (and source run id) match is the
    promotion already done: nothing is created, its version and decision are reported;
 3. the dataset version is stored in the target's data bucket under the same digest (content
-   checked against the digest first), so monitoring and retraining in the target can read it;
+   checked against the digest first), so monitoring and retraining in the target can read it
+   (content-addressed and referenced by nothing until registration: a failed attempt may leave it,
+   the next one reuses it);
 4. one run in the target (same experiment name): params, metrics (but the source's gate
    numbers, which the target's gate replaces), lineage tags, dataset inputs, run artifacts,
    a logged model with the artifacts (MLmodel names the target's model id and run: `retarget`),
@@ -84,8 +86,9 @@ def promote(settings: PromoteSettings, source: Environment | Path, target: Envir
                                bundle=str(target), seconds=round(time.monotonic() - started, 2))
     if isinstance(source, Path):
         bundle = Bundle.read(source)
-        if bundle.source.model != settings.model:
-            raise UsageError(f"--from-bundle {source} holds model {bundle.source.model!r}, not {settings.model!r}")
+        held = bundle.source
+        if held.model != settings.model or settings.version not in (None, int(held.version)) or settings.alias:
+            raise UsageError(f"--from-bundle {source} holds {held.model} v{held.version} (give only the model name)")
         return import_bundle(bundle, target, started)
     if source.tracking_uri == target.tracking_uri:
         raise UsageError(f"--from and --to are the same environment ({target.tracking_uri})")

@@ -74,8 +74,8 @@ def build(settings: ReportSettings, env: Environment) -> VersionReport:
         model=name, version=version, environment=env.outputs.environment, tracking_uri=env.tracking_uri,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"), created=history.when(mv.creation_timestamp),
         run_id=mv.run_id, model_uri=mv.source, aliases=sorted(mv.aliases or []),
-        dataset=_dataset(tags, run, files), code={k.removeprefix("mlops.").replace("git.", ""): tags.get(k)
-                                                  for k in ("mlops.git.commit", "mlops.git.dirty", "mlops.image")},
+        dataset=_dataset(tags, run, files), code={"commit": tags.get("mlops.git.commit"),
+                                                  "dirty": tags.get("mlops.git.dirty"), "image": tags.get("mlops.image")},
         spec={"hash": tags.get("mlops.spec.hash"), "yaml": files.get("spec.yaml")},
         search=json.loads(files.get("candidates.json", "[]")),
         metrics={k: v for k, v in sorted(run.data.metrics.items())}, params=dict(sorted(run.data.params.items())),
