@@ -8,7 +8,7 @@
    tracking server's init container runs it, `up` on it. Then `champion` resolves to the same version,
    its artifacts hash to the same bytes, and the restored model scores a row as before.
 2. `test_a_backup_from_an_older_schema_restores_and_upgrades`: a database left by an older MLflow (the
-   schema some revisions behind, as tests/infra/test_migrations.py builds it) is dumped, encrypted,
+   schema some revisions behind: tests/infra/test_migrations.py's `old_database`) is dumped, encrypted,
    uploaded, fetched, restored and upgraded with the same containers; the tracking store then starts on
    it the way `mlflow server` does (schema verified, no migration of its own) and finds what the old
    schema held. (Test 1 starts a real server on a restored database.)
@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from components import backup
 from tests.contract.stand_ins import S3Server
 from tests.drills.conftest import features, tiny_spec
+from tests.infra import test_migrations
 from workloads import layout
 from workloads.cli import app
 from workloads.data.sample import generate
@@ -42,6 +43,8 @@ from workloads.environment import LOCAL_S3_KEY, Environment
 
 pytestmark = pytest.mark.servers
 MODEL = "drill-recreate"
+# Its `old_database` fixture, here by this name: a database at a schema some revisions behind the head.
+old_schema_database = test_migrations.old_database
 PG_ADMIN_DSN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
@@ -140,35 +143,23 @@ def test_recreate_keeps_the_champion_and_its_bytes(tmp_path: Path, databases: Ca
     print("\nrecreate drill seconds:", {k: round(v, 1) for k, v in seconds.items()})
 
 
-def old_schema_database(uri: str) -> None:
-    """The database an older MLflow image left: tables at a revision some steps before the head, one experiment."""
-    from alembic import command
-    from mlflow.store.db.utils import _get_alembic_config
-    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
-
-    from tests.infra.test_migrations import STEPS_BEHIND, older_revision
-
-    create(uri)
-    dsn = uri.replace("postgresql://", "postgresql+psycopg2://")
+def with_an_experiment(dsn: str) -> None:
+    """One row the old schema holds, to find again after the restore and the upgrade."""
     engine = sqlalchemy.create_engine(dsn, poolclass=NullPool)
-    InitialBase.metadata.create_all(engine)
-    config = _get_alembic_config(dsn)
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, older_revision(STEPS_BEHIND))
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("INSERT INTO experiments (experiment_id, name, artifact_location, "
                                      "lifecycle_stage) VALUES (7, 'from-the-old-schema', 's3://old/7', 'active')"))
     engine.dispose()
 
 
-def test_a_backup_from_an_older_schema_restores_and_upgrades(tmp_path: Path, databases: Callable[[], str]) -> None:
+def test_a_backup_from_an_older_schema_restores_and_upgrades(tmp_path: Path, databases: Callable[[], str],
+                                                            old_schema_database: str) -> None:
     from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     started = time.monotonic()
-    source, target = databases(), databases()
-    old_schema_database(source)
+    source, target = old_schema_database.replace("+psycopg2", ""), databases()
+    with_an_experiment(old_schema_database)
     seconds = {"old schema": time.monotonic() - started}
     s3 = S3Server()
     try:
