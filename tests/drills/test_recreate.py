@@ -160,7 +160,7 @@ def test_a_backup_from_an_older_schema_restores_and_upgrades(tmp_path: Path, dat
     started = time.monotonic()
     source, target = old_schema_database.replace("+psycopg2", ""), databases()
     with_an_experiment(old_schema_database)
-    seconds = {"old schema": time.monotonic() - started}
+    seconds: dict[str, float] = {}
     s3 = S3Server()
     try:
         client = s3.client(LOCAL_S3_KEY, LOCAL_S3_KEY)
