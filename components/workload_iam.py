@@ -7,7 +7,8 @@ key only for the buckets it works with (`kms:EncryptionContext:aws:s3:arn`).
 
 Artifacts never need a workload grant: the tracking server proxies them (`--serve-artifacts`,
 components/tracking.py), so training logs and serving loads models through it.
-- serving: writes `captures/*` of the capture bucket (and checks the bucket is reachable), nothing else;
+- serving: writes `captures/*` of the capture bucket and reads the profile bins capture summarises on
+  (`monitoring/profile-bins/*`: decile edges and category names, never the reference's values);
 - training: reads the data bucket and writes its `datasets/*` (the dataset version a run trained
   on); reads the retraining data the monitor leaves under `monitoring/*/retrain/*`;
 - monitoring: lists and reads `captures/*` and each endpoint's labels source, reads `datasets/*`
@@ -56,9 +57,11 @@ def _document(statements: list[dict[str, Any]]) -> str:
 
 def serving_policy(capture_arn: str, key_arn: str | None) -> str:
     return _document([
-        # The capture writer's warm-up `head_bucket` (s3:ListBucket) says early when the bucket is unreachable.
+        # Capture asks for profile bins the monitor may not have cached yet: on AWS a missing key is
+        # 404 only with s3:ListBucket (else 403).
         _statement("ListCaptureBucket", LIST, [capture_arn]),
         _statement("WriteCaptures", WRITE, [_objects(capture_arn, layout.CAPTURES)]),
+        _statement("ReadProfileBins", READ, [_objects(capture_arn, layout.PROFILE_BINS)]),
         *_kms(key_arn, [capture_arn], write=True),
     ])
 

@@ -15,6 +15,7 @@ tests use both.
         monitoring/<endpoint>/last_retrain.json          the cooldown record
         monitoring/<endpoint>/retrain/<run_id>.parquet   newest data handed to a retraining Job
         monitoring/profiles/<dataset digest>/<features hash>.npz   cached reference profiles
+        monitoring/profile-bins/<dataset digest>/<features hash>.json   their PSI bins (capture reads these)
     s3://<artifact_bucket>/
         mlflow/...                                       MLflow's artifact root (the tracking
                                                          server writes it; clients go through it)
@@ -32,6 +33,7 @@ DATASETS = "datasets/"
 CAPTURES = "captures/"
 LABELS = "labels/"
 MONITORING = "monitoring/"
+PROFILE_BINS = f"{MONITORING}profile-bins/"  # the one monitoring/ prefix serving may read
 BACKUPS = "backups/"  # artifact bucket, outside MLflow's artifact root
 
 
@@ -88,6 +90,11 @@ def retrain_data_key(endpoint: str, run_id: str) -> str:
 
 def profile_key(dataset_digest: str, features_hash: str) -> str:
     return f"{MONITORING}profiles/{dataset_digest}/{features_hash}.npz"
+
+
+def profile_bins_key(dataset_digest: str, features_hash: str) -> str:
+    """The bins of the profile at `profile_key(...)`: what capture summarises each flush on."""
+    return f"{PROFILE_BINS}{dataset_digest}/{features_hash}.json"
 
 
 # --- artifact bucket -------------------------------------------------------------------------

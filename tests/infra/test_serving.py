@@ -143,8 +143,10 @@ def test_serving_role_writes_capture_only(rendered: dict[str, RenderResult], sta
     capture = f"arn:aws:s3:::{result.outputs['capture_bucket']}"
     s3 = [(a, r) for s in policy["Statement"] for a in s["Action"] if a.startswith("s3:")
           for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
-    # Inference capture only; models are loaded through the tracking server (--serve-artifacts).
+    # Inference capture and the profile bins it summarises on; models are loaded through the tracking
+    # server (--serve-artifacts).
     assert sorted(s3) == [("s3:AbortMultipartUpload", f"{capture}/captures/*"), ("s3:GetBucketLocation", capture),
+                          ("s3:GetObject", f"{capture}/monitoring/profile-bins/*"),
                           ("s3:ListBucket", capture), ("s3:PutObject", f"{capture}/captures/*")]
     assert result.outputs["data_bucket"] not in json.dumps(policy)
     assert result.outputs["artifact_bucket"] not in json.dumps(policy)

@@ -27,6 +27,7 @@ class MemoryS3:
         self.objects: dict[str, bytes] = {}
         self.gets = 0
         self.bytes_read = 0
+        self.read_keys: set[str] = set()
         self._lock = threading.Lock()
 
     def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:  # noqa: N803 - boto3's names
@@ -42,6 +43,7 @@ class MemoryS3:
         with self._lock:
             self.gets += 1
             self.bytes_read += len(data)
+            self.read_keys.add(Key)
         return {"Body": io.BytesIO(data), "ContentLength": len(data)}
 
     def get_paginator(self, name: str) -> Any:

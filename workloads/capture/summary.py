@@ -30,6 +30,7 @@ PREFIX = len(MAGIC) + 8  # magic and header length
 SAMPLE_RATE = 0.05  # share of rows kept in the sample (before any reader thins it)
 INDEX_EVERY = 64  # the header holds every 64th sample key: a reader knows how far to read
 MAX_UNSEEN = 100  # unseen categories counted one by one, per column
+MAX_CATEGORY_CHARS = 1024  # an unseen value is named by its first 1,024 characters (old captures hold longer)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Summary:
                 sample[:, i] = values[picked]
             else:
                 categories[name] = category_counts(column, bins.categorical[name])
-                sample[:, i] = category_codes(column.take(picked), bins.categorical[name])
+                sample[:, i] = category_codes(column, bins.categorical[name])[picked]
         return cls(n, ts_range(table), column_kinds(table.schema), bins.features_key, bins.prediction_key,
                    nulls, counts, categories, list(bins.columns), rate, sample)
 
@@ -200,30 +201,50 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def category_counts(column: Any, categories: list[str]) -> Categories:
-    """Counts on the reference categories (values compared as text, as pandas' astype(str) does)."""
-    index = {c: i for i, c in enumerate(categories)}
-    counts = np.zeros(len(categories), np.int64)
-    unseen: dict[str, int] = {}
-    nulls = column.null_count
-    for entry in pc.value_counts(column).to_pylist():
-        value, n = entry["values"], entry["counts"]
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else str(value)
-        if text in index:
-            counts[index[text]] += n
-        else:
-            unseen[text] = unseen.get(text, 0) + n
-    result = Categories(counts, {}, 0, nulls)
-    result.add(Categories(np.zeros(len(categories), np.int64), unseen))
+    """Counts on the reference categories (values compared as text, as pandas' astype(str) does).
+
+    Vectorised on the distinct values: only unseen ones become Python strings, cut to
+    MAX_CATEGORY_CHARS (captures from before the caps hold megabyte strings)."""
+    counted = pc.value_counts(column)
+    values, counts = counted.field("values"), counted.field("counts").to_numpy(zero_copy_only=False)
+    present = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    where = _category_index(values, categories)
+    known = present & (where >= 0)
+    result = Categories(np.bincount(where[known], weights=counts[known], minlength=len(categories)).astype(np.int64),
+                        nulls=column.null_count)
+    fresh = np.flatnonzero(present & (where < 0))
+    if len(fresh):
+        names = pc.utf8_slice_codeunits(_as_text(values.take(pa.array(fresh))), 0, MAX_CATEGORY_CHARS).to_pylist()
+        unseen: dict[str, int] = {}
+        for name, n in zip(names, counts[fresh].tolist(), strict=True):
+            unseen[name] = unseen.get(name, 0) + n
+        result.add(Categories(np.zeros(len(categories), np.int64), unseen))
     return result
 
 
 def category_codes(column: Any, categories: list[str]) -> np.ndarray:
-    """Index into the reference categories; -1 for an unseen value, NaN for null (sample rows only)."""
-    index = {c: i for i, c in enumerate(categories)}
-    return np.array([np.nan if v is None else index.get(v if isinstance(v, str) else str(v), -1)
-                     for v in column.to_pylist()], dtype=np.float64)
+    """Index into the reference categories; -1 for an unseen value, NaN for null."""
+    codes = _category_index(column, categories).astype(np.float64)
+    codes[~np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
+    return codes
+
+
+def _category_index(values: Any, categories: list[str]) -> np.ndarray:
+    """Position of each value (as text) among `categories`, -1 when absent (and for null)."""
+    text = _as_text(values)
+    found = pc.index_in(text, value_set=pa.array(categories, type=text.type))
+    return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _as_text(values: Any) -> Any:
+    """Values as text: strings as they are (no copy), others as pandas' astype(str) writes them."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return values
+    return pa.array([None if v is None else str(v) for v in values.to_pylist()], type=pa.large_string())
 
 
 def ts_range(table: pa.Table) -> tuple[int, int] | None:

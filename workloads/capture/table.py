@@ -23,9 +23,11 @@ import pyarrow.parquet as pq
 from workloads.capture.schema import DEFAULT_MAX_CHARS, UTC_MICROS, CaptureSchema, conform, normalise
 
 META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction", "_coerced")
-# Small row groups and pages keep a reader's memory bounded: it decodes one page of one column at a time.
-ROW_GROUP_ROWS = 16_384
+# Small row groups and pages keep a reader's memory bounded: it decodes one page of one column at a
+# time, and a column chunk (a page's upper bound) stays under CHUNK_BYTES even at the string cap.
+ROW_GROUP_ROWS = 4096
 PAGE_ROWS = 1024
+CHUNK_BYTES = 16 * 2**20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
@@ -92,13 +94,15 @@ def _inputs(inputs: pd.DataFrame, schema: CaptureSchema | None, max_chars: int
     return columns, coerced
 
 
-def write_parquet(table: pa.Table, sink: Any) -> None:
+def write_parquet(table: pa.Table, sink: Any, max_chars: int = DEFAULT_MAX_CHARS) -> None:
     """Parquet with dictionary encoding only where it pays: strings and the per-batch timestamp.
-    Trying it on every float column (pyarrow's default) tripled the write time for larger files."""
+    Trying it on every float column (pyarrow's default) tripled the write time for larger files.
+    Row groups hold at most CHUNK_BYTES of the longest strings allowed (4 bytes a character)."""
     dictionary = [f.name for f in table.schema
                   if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name == "_ts"]
-    pq.write_table(table, sink, use_dictionary=dictionary, row_group_size=ROW_GROUP_ROWS,
-                   write_batch_size=PAGE_ROWS)
+    rows = max(1, min(ROW_GROUP_ROWS, CHUNK_BYTES // (4 * max_chars)))
+    pq.write_table(table, sink, use_dictionary=dictionary, row_group_size=rows,
+                   write_batch_size=min(PAGE_ROWS, rows))
 
 
 def to_arrow(table: pd.DataFrame) -> pa.Table:

@@ -190,7 +190,7 @@ class CaptureWriter:
         try:
             buf = io.BytesIO()
             table = records_to_table(recs, schema, self.max_string_chars)
-            write_parquet(table, buf)
+            write_parquet(table, buf, self.max_string_chars)
         except Exception:
             # A table that cannot be built never will be: drop it rather than retry forever.
             log.exception("capture: could not build the capture table; dropping %d requests", len(recs))

@@ -29,7 +29,6 @@ from workloads import layout
 
 PSI_BINS = 10
 PREDICTION = "_prediction"
-PROFILE_BINS = f"{layout.MONITORING}profile-bins/"  # what serving may read (components/workload_iam.py)
 
 
 @dataclass
@@ -154,12 +153,12 @@ def prediction_profile_key(dataset_digest: str, model: str, version: str) -> str
 
 
 def bins_key(profile_key: str) -> str:
-    """`monitoring/profile-bins/<digest>/<hash>.json` for `monitoring/profiles/<digest>/<hash>.npz`:
-    a prefix of their own, so capture may read the bins and never the reference's values."""
-    profiles = layout.profile_key("DIGEST", "HASH").removesuffix("DIGEST/HASH.npz")
-    if not profile_key.startswith(profiles):
+    """`layout.profile_bins_key` of the profile at `profile_key`: a prefix of their own, so capture
+    may read the bins and never the reference's values."""
+    digest, name = profile_key.removesuffix(".npz").rsplit("/", 2)[-2:]
+    if layout.profile_key(digest, name) != profile_key:
         raise ValueError(f"{profile_key} is not a profile key")
-    return f"{PROFILE_BINS}{profile_key.removeprefix(profiles).removesuffix('.npz')}.json"
+    return layout.profile_bins_key(digest, name)
 
 
 def bins_document(profile: ReferenceProfile, key: str) -> bytes:

@@ -3,10 +3,11 @@
 `pd.read_parquet` of one 48 MB capture file (1M-character strings) cost 4.4 GB. Here a file is
 opened through ranged S3 reads (small files in one GET), only the columns asked for are read,
 and they come in batches sized from the footer's byte counts so one batch decodes to about
-`BATCH_BYTES`. Parquet decodes a page at a time, so a file whose column chunk (the bound on a
-page) decodes to more than `MAX_CHUNK_BYTES` is refused (`TooLarge`) instead of read: capture
-writes small pages and capped strings (workloads/capture/table.py), so only files from before
-the caps can hit it, and the window reports them as skipped.
+`BATCH_BYTES`. Parquet decodes a page at a time (measured: peak RSS about 4x the page, with
+pyarrow's allocator keeping what it freed), so a file whose column chunk (the bound on a page)
+decodes to more than `MAX_CHUNK_BYTES` is refused (`TooLarge`) instead of read: capture writes
+row groups under 16 MiB (workloads/capture/table.py), so only files from before the caps can
+hit it, and the window reports them as skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from workloads.capture.summary import arrow_kind
 WHOLE_OBJECT_BYTES = 8 * 2**20  # smaller files come in one GET
 READ_BYTES = 2**20  # ranged reads of larger ones
 BATCH_BYTES = 16 * 2**20
-MAX_CHUNK_BYTES = 128 * 2**20
+MAX_CHUNK_BYTES = 32 * 2**20
 
 
 class TooLarge(Exception):
@@ -86,24 +87,30 @@ def file_info(parquet: pq.ParquetFile) -> FileInfo:
     return FileInfo(meta.num_rows, _ts_bounds(parquet), {f.name: arrow_kind(f.type) for f in schema})
 
 
-def batches(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
-    """The file's `columns` (those it has) in batches of about BATCH_BYTES decoded."""
-    present = [c for c in columns if c in parquet.schema_arrow.names]
+def check(parquet: pq.ParquetFile, columns: list[str] | None = None) -> float:
+    """Decoded bytes per row of `columns` (default: all); TooLarge when a column chunk exceeds the bound."""
+    names = parquet.schema_arrow.names if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
     meta = parquet.metadata
     widest = 1.0
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        chunks = [_chunk_bytes(group, parquet, c) for c in present]
+        chunks = [_chunk_bytes(group, c) for c in names]
         if chunks and max(chunks) > MAX_CHUNK_BYTES:
             raise TooLarge(f"a column chunk decodes to {max(chunks) / 2**20:.0f} MiB "
                            f"(limit {MAX_CHUNK_BYTES / 2**20:.0f} MiB)")
         widest = max(widest, sum(chunks) / max(group.num_rows, 1))
-    size = max(1, int(BATCH_BYTES / widest))
+    return widest
+
+
+def batches(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
+    """The file's `columns` (those it has) in batches of about BATCH_BYTES decoded."""
+    present = [c for c in columns if c in parquet.schema_arrow.names]
+    size = max(1, int(BATCH_BYTES / check(parquet, present)))
     for batch in parquet.iter_batches(batch_size=size, columns=present):
         yield pa.Table.from_batches([batch])
 
 
-def _chunk_bytes(group: Any, parquet: pq.ParquetFile, column: str) -> int:
+def _chunk_bytes(group: Any, column: str) -> int:
     """Decoded bytes of one column's chunk in a row group (nested columns: every leaf)."""
     total = 0
     for i in range(group.num_columns):

@@ -94,8 +94,8 @@ class Sampler:
     """The window's sampling threshold, min(parts' rates, target / window rows): only falls as
     rows are counted, so a row dropped under an earlier bound is never needed later."""
 
-    def __init__(self, target: int = SAMPLE_ROWS) -> None:
-        self.target = target
+    def __init__(self, target: int | None = None) -> None:
+        self.target = SAMPLE_ROWS if target is None else target
         self.rows = 0
         self.rate = 1.0
 
