@@ -2,7 +2,10 @@
 
 Each endpoint serves `models:/<model>@<alias>` with MLflow's scoring protocol on port 8080
 (`/ping` readiness, `/health` liveness), behind a ClusterIP Service, with an HPA on CPU, a
-PDB, an optional TLS Ingress, and inference capture to the capture bucket. The container's
+PDB, inference capture to the capture bucket and, with a `host`, a TLS Ingress that publishes
+only /invocations and /ping, rate-limited, to clients holding the endpoint's API key (see
+PUBLIC_PATHS). Each endpoint's Secret holds its reload token (POST /reload) and API key,
+passed to the app as environment variables (workloads/serving/auth.py). The container's
 arguments are the endpoint's `ServeSettings` rendered by the settings contract
 (workloads/settings.py): listening on every interface, on the port the Service targets.
 Changing `modelVersion` in config changes a pod-template annotation, so the Deployment rolls

@@ -169,3 +169,26 @@ def test_arrow_size_counts_dictionaries_decoded() -> None:
     assert repeated.nbytes < 10_000  # what Arrow itself holds: the reason to count this way
     nested = pa.array([["abc"] * 10] * 10)
     assert arrow_bytes(nested) >= 300
+
+
+def test_json_structure_is_refused_while_the_body_arrives(small_model: LoadedModel) -> None:
+    """The estimate runs chunk by chunk: a 12 MB index bomb is refused before most of it is read."""
+    app = serving_app()  # production limits
+    app.holder.current = small_model
+    body = split(1, index=list(range(1_500_000)))
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+    read: list[int] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        read.append(1)
+        return {"type": "http.request", "body": chunks[len(read) - 1], "more_body": len(read) < len(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "client": ("10.0.0.1", 1),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and "the JSON body decodes to about" in json.loads(sent[1]["body"])["message"]
+    assert len(read) < 0.8 * len(chunks), (len(read), len(chunks))

@@ -39,7 +39,7 @@ from workloads.serving.auth import Credentials
 from workloads.serving.batching import MicroBatcher, is_frame
 from workloads.serving.connection import ConnectionLimits
 from workloads.serving.fast_path import Fallback
-from workloads.serving.limits import RequestLimits
+from workloads.serving.limits import JsonMeter, RequestLimits
 from workloads.serving.metrics import Metrics
 from workloads.serving.model import LoadedModel, ModelHolder
 from workloads.serving.protocol import (
@@ -176,16 +176,18 @@ class ServingApp:
 
     async def _admitted(self, headers: dict[bytes, str | None], receive: Any, ticket: Ticket, request_id: str,
                         out: list[tuple[bytes, bytes]]) -> Answer:
-        model = self.holder.current
+        model, limits = self.holder.current, self.limits.bound(ticket)
+        content_type = headers[b"content-type"]
+        json = content_type is not None and content_type.lower().startswith("application/json")
         try:
             if model is None:
                 raise error(503, "TEMPORARILY_UNAVAILABLE", self.holder.not_ready_reason())
             out.append((b"x-model-version", model.version.encode()))
             body = await read_body(receive, headers[b"content-length"], self.settings.max_body_bytes, ticket,
-                                   self.settings.body_timeout_seconds)
+                                   self.settings.body_timeout_seconds, JsonMeter(limits).feed if json else None)
         except Reject as r:
             return r.answer
-        return await self.invocations(model, body, headers[b"content-type"], request_id, self.limits.bound(ticket))
+        return await self.invocations(model, body, content_type, request_id, limits.metered() if json else limits)
 
     # -- the other routes -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from workloads.serving.admission import RETRY_AFTER_SECONDS
@@ -41,9 +42,11 @@ def request_headers(scope: dict) -> dict[bytes, str | None]:
     return found
 
 
-async def read_body(receive: Any, declared: str | None, limit: int, ticket: Ticket, timeout: float) -> bytes:
-    """The whole request body, held on the request's admission `ticket`; 413 beyond `limit` bytes
-    (announced or streamed), 408 when it takes longer than `timeout` seconds, 400 on disconnect."""
+async def read_body(receive: Any, declared: str | None, limit: int, ticket: Ticket, timeout: float,
+                    meter: Callable[[bytes], None] | None = None) -> bytes:
+    """The whole request body, held on the request's admission `ticket` and shown to `meter` chunk by
+    chunk (which may refuse it); 413 beyond `limit` bytes (announced or streamed), 408 when it takes
+    longer than `timeout` seconds, 400 on disconnect."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise error(413, "RESOURCE_EXHAUSTED", f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
@@ -58,6 +61,8 @@ async def read_body(receive: Any, declared: str | None, limit: int, ticket: Tick
                 if size > limit:
                     raise error(413, "RESOURCE_EXHAUSTED", f"request body exceeds the limit of {limit} bytes")
                 ticket.reserve(len(chunk))
+                if meter is not None:
+                    meter(chunk)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)

@@ -48,9 +48,13 @@ class RequestLimits:
     max_rows: int
     max_decoded_bytes: int
     ticket: Ticket | None = None  # a request's admission: every accepted estimate is held on it
+    json_metered: bool = False  # the JSON structure was estimated chunk by chunk as the body arrived
 
     def bound(self, ticket: Ticket) -> RequestLimits:
         return replace(self, ticket=ticket)
+
+    def metered(self) -> RequestLimits:
+        return replace(self, json_metered=True)
 
     # -- the two refusals ----------------------------------------------------------------------
 
@@ -70,8 +74,8 @@ class RequestLimits:
 
     def json_payload(self, body: bytes) -> Any:
         """The decoded body within the limits; None when it is not JSON (the parser then says why)."""
-        containers = body.count(b"[") + body.count(b"{")
-        self.decoded("the JSON body", containers * CONTAINER_BYTES + (body.count(b",") + 1) * VALUE_BYTES)
+        if not self.json_metered:
+            JsonMeter(self).feed(body)
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):  # invalid JSON or UTF-8, or nested too deep
@@ -119,6 +123,19 @@ class RequestLimits:
         except Exception as exc:  # fail closed: what cannot be measured is not built
             raise error(400, "BAD_REQUEST", f"Failed to read the Parquet body: {exc}") from None
         self.decoded("the Parquet body", sum(arrow_bytes(column) for column in table.columns))
+
+
+class JsonMeter:
+    """The JSON structure estimate, fed chunk by chunk as a body arrives: no pass over a whole large
+    body on the event loop, and a body that is too much is refused before the rest of it is read."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits, self.containers, self.values = limits, 0, 1
+
+    def feed(self, chunk: bytes) -> None:
+        self.containers += chunk.count(b"[") + chunk.count(b"{")
+        self.values += chunk.count(b",")
+        self.limits.decoded("the JSON body", self.containers * CONTAINER_BYTES + self.values * VALUE_BYTES)
 
 
 def arrow_bytes(array: Any) -> int:
