@@ -11,8 +11,9 @@ Before the server starts, an init container migrates the schema under a Postgres
 (components/migrations.py), so a new MLflow image never meets an out-of-date database; a second one
 applies the user plan (components/mlflow_users.py): the admin password from config, one user per
 workload with its grants, each user's password in its own Secret. `default_permission` is
-NO_PERMISSIONS: users see only what they are granted. A checksum of those credentials on the pod
-template rolls the Deployment when one changes, which is how a rotation takes effect. The server
+NO_PERMISSIONS: users see only what they are granted. A checksum of those credentials (and of the
+DSN) on the pod template rolls the Deployment when one changes, which is how a rotation takes
+effect (README "Credentials and who can reach what"). The server
 runs with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3.17 otherwise starts a job runner and
 seven consumer processes (~2 GB) that this platform does not use, against a 1Gi limit.
 
@@ -178,7 +179,7 @@ class TrackingServer(pulumi.ComponentResource):
         self.credentials_secret = users.ready
         # Salted with the Flask key, the digest reveals nothing: unsecret, so `pulumi preview` still shows the spec.
         checksum = pulumi.Output.unsecret(pulumi.Output.all(
-            flask_key.result, args.secrets.tracking_admin_password, users.document).apply(
+            flask_key.result, args.secrets.tracking_admin_password, users.document, args.database_uri).apply(
             lambda v: credentials_checksum(*v)))
         return server_secret.metadata["name"], checksum
 

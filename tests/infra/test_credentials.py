@@ -376,3 +376,40 @@ def test_the_setup_job_reruns_when_a_password_or_a_policy_changes(rendered: dict
                                              first, "ConfigMap", "minio-policies")["data"].items()},
                                              sort_keys=True)]).encode()).hexdigest()
     assert digest(first) == expected  # every password is covered (salted with the root one)
+
+
+# --- the README's table is what is rendered -----------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# How the table names a rendered pod (the placeholders `<job>`, `<endpoint>` stand for `churn`).
+TABLE_NAMES = {"train-churn": "train-<job>", "serve-churn": "serve-<endpoint>", "monitor-churn": "monitor-<endpoint>",
+               "train-churn-retrain-": "retraining Jobs", "tracking-backup": "backup", "tracking-restore": "restore"}
+
+
+def credential_rows() -> dict[str, str]:
+    """Secret name (placeholders resolved for the local stack) -> the row's "held by" cell."""
+    text = README.read_text().split("### Credentials and who can reach what", 1)[1].split("**Rotating", 1)[0]
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            secret, held_by = line.split("|")[1:3]
+            name = secret.split("`")[1].replace("<job>", "churn").replace("<endpoint>", "churn")
+            for account in ("serving", "training", "monitoring", "tracking") if "<account>" in name else ("",):
+                rows[name.replace("<role>-<name>", "").replace("<account>", account)] = held_by
+    return rows
+
+
+def test_the_readme_table_names_every_secret_and_who_reads_it(rendered: dict[str, RenderResult]) -> None:
+    rows = credential_rows()
+    result = rendered["local"]
+    readers: dict[str, set[tuple[str, str]]] = {}
+    for name, pod in every_pod(result):
+        for secret in secret_references(pod):
+            readers.setdefault(secret, set()).add((name, pod.get("serviceAccountName", "")))
+    assert set(readers) - set(rows) == set(), "a Secret pods read is missing from the README table"
+    for secret, pods in readers.items():
+        for name, account in pods:
+            assert TABLE_NAMES.get(name, name) in rows[secret] or account in rows[secret], (secret, name)
+    monitors = [m for m in manifests(rendered["dev"], "ServiceMonitor") if m["metadata"]["name"] == "mlops-tracking"]
+    assert monitors[0]["spec"]["endpoints"][0]["basicAuth"]["password"]["name"] in rows
+    assert "Prometheus" in rows["tracking-credentials"]
