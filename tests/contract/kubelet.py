@@ -164,7 +164,7 @@ class Process:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in self._members()))
-            self._stop.wait(0.1)
+            self._stop.wait(0.2)
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -188,11 +188,10 @@ class Process:
 
     def _members(self) -> list[int]:
         """Every process of this container: its cgroup's members and the tree under the main process."""
-        pids = set(_tree(self.proc.pid)) if self.proc.poll() is None else set()
-        if self.cgroup is not None:
+        if self.cgroup is not None:  # cheap, and it holds what left the tree (setsid, re-parented children)
             with _quiet():
-                pids |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
-        return sorted(pids)
+                return sorted(int(p) for p in (self.cgroup / "cgroup.procs").read_text().split())
+        return _tree(self.proc.pid) if self.proc.poll() is None else []
 
     def _signal(self, sig: signal.Signals) -> None:
         with _quiet():

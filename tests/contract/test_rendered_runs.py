@@ -183,6 +183,7 @@ def run(request: pytest.FixtureRequest, pg_database: str) -> Iterator[Run]:
         print(f"\n[{stack}]\n" + "\n".join(o.line() for o in current.kubelet.outcomes))
 
 
+@pytest.mark.timeout(1800)  # a whole stack's flow: two trainings, a tracking server, serving, two monitors
 def test_every_rendered_workload_runs_as_rendered(run: Run) -> None:
     # 1. The tracking server, with its init containers (migrations) first.
     tracking, tracking_ready, _ = start_deployment(run, run.workload("Deployment", "mlflow"))
