@@ -241,6 +241,8 @@ class Secrets:
     def __init__(self, config: pulumi.Config, env: EnvironmentConfig):
         self.tracking_admin_password: pulumi.Output[str] = _require_secret(config, "trackingAdminPassword")
         self.database_password: pulumi.Output[str] | None = _optional_secret(config, "databasePassword")
+        if not env.in_cluster_database:  # RDS refuses these in a master password (the DSN could carry them)
+            _check_rds_password(config.get("databasePassword"))
         self.kubeconfig: pulumi.Output[str] | None = _optional_secret(config, "kubeconfig")
         # Required with in-cluster backups: without it nothing could decrypt them after a teardown.
         self.backup_passphrase: pulumi.Output[str] | None = (
@@ -267,6 +269,14 @@ def _plain_text_problem(config: pulumi.Config, key: str) -> str | None:
     if not config.get(key):
         return f"{full}: is empty; set it with `pulumi config set --secret {key} <value>` or remove it"
     return None
+
+
+def _check_rds_password(password: str | None) -> None:
+    refused = sorted({c for c in password or "" if c in "/@\"' " or not c.isprintable() or not c.isascii()})
+    if refused:
+        shown = ", ".join(repr(c) for c in refused)
+        raise ConfigError(f"{PROJECT}:databasePassword: contains {shown}; an RDS master password is printable "
+                          "ASCII without / @ \" ' or spaces")
 
 
 def _optional_secret(config: pulumi.Config, key: str) -> pulumi.Output[str] | None:

@@ -413,3 +413,14 @@ def test_the_readme_table_names_every_secret_and_who_reads_it(rendered: dict[str
     monitors = [m for m in manifests(rendered["dev"], "ServiceMonitor") if m["metadata"]["name"] == "mlops-tracking"]
     assert monitors[0]["spec"]["endpoints"][0]["basicAuth"]["password"]["name"] in rows
     assert "Prometheus" in rows["tracking-credentials"]
+
+
+def test_an_rds_stack_refuses_what_rds_refuses_in_a_password() -> None:
+    """`%` and `:` are fine everywhere (the DSN encodes them); `/`, `@`, quotes and spaces only in-cluster."""
+    secrets = {"trackingAdminPassword": ADMIN_PASSWORD}
+    with pytest.raises(ConfigError, match=r"^mlops-platform:databasePassword: contains '/', '@'; an RDS master"):
+        render_stack("dev", secrets={**secrets, "databasePassword": "abc@def/ghi"})
+    dsn = manifest(render_stack("dev", secrets={**secrets, "databasePassword": "abc%def:ghi"}), "Secret",
+                   "mlflow-server")["stringData"]["backend-store-uri"]
+    assert make_url(dsn).password == "abc%def:ghi"
+    render_stack("ci", secrets={**secrets, "databasePassword": HOSTILE_PASSWORD})  # in-cluster Postgres: fine
