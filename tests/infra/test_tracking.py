@@ -7,8 +7,11 @@ import re
 
 import pytest
 
+from components.migrations import CONTAINER as MIGRATE
+from components.migrations import LOCK_KEY
+from components.mlflow_users import CONTAINER as PROVISION
 from components.render import RenderResult
-from components.tracking import source_regex
+from components.tracking import CHECKSUM_ANNOTATION, source_regex
 from tests.infra.conftest import ALL_STACKS, AWS_STACKS
 from tests.infra.helpers import env_of, manifest, manifests, pod_spec
 
@@ -202,3 +205,23 @@ def test_database_password_never_in_plain_outputs(rendered: dict[str, RenderResu
     result = rendered[stack]
     plain = json.dumps({k: v for k, v in result.outputs.items() if k not in result.secret_outputs})
     assert "render-database-password" not in plain and "a-very-secret-admin-password" not in plain
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_users_are_provisioned_before_the_server_serves(rendered: dict[str, RenderResult], stack: str) -> None:
+    """After the migration, under its lock, with the server's auth config; only this init container sees
+    every user's password (tests/contract/test_mlflow_permissions.py runs it)."""
+    spec = pod_spec(server(rendered[stack]))
+    assert [c["name"] for c in spec["initContainers"]] == [MIGRATE, PROVISION]
+    provision = spec["initContainers"][1]
+    assert f"pg_advisory_lock({LOCK_KEY})" in provision["command"][-1]
+    env = env_of(provision)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == env_of(container(rendered[stack]))["MLFLOW_AUTH_CONFIG_PATH"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"secretKeyRef": {"name": "mlflow-server", "key": "admin-password"}}
+    users = next(v for v in spec["volumes"] if v["name"] == "users")
+    assert users["secret"]["secretName"] == "mlflow-users"
+    readers = [c["name"] for c in spec["initContainers"] + spec["containers"]
+               if any(m["name"] == "users" for m in c.get("volumeMounts", []))]
+    assert readers == [PROVISION]
+    annotations = server(rendered[stack])["spec"]["template"]["metadata"]["annotations"]
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations[CHECKSUM_ANNOTATION])
