@@ -146,9 +146,11 @@ class Process:
         script = ['set -e']
         if self.cgroup:
             script.append(f'echo $$ > {self.cgroup}/cgroup.procs')
-        script.append(f'mount --bind "{scratch}" /tmp')
+        script += _tmp_mount(scratch)
         if read_only_root:
             script.append('mount -o remount,bind,ro /')
+            if _under_tmp(ROOT):  # the checkout was bound back in its own mount: make it read-only too
+                script.append(f'mount -o remount,bind,ro "{ROOT}"')
         script.append(f'cd "{workdir}"')
         script.append('exec "$@"')
         self.proc = subprocess.Popen(
@@ -210,6 +212,22 @@ class Process:
         return Outcome(self.name, self.proc.returncode, time.monotonic() - self.started, self.peak_pss / 2**10,
                        self.memory_limit / 2**20 if self.memory_limit else None, peak_cgroup, ready_seconds, oom,
                        self.log_path.read_text(errors="replace")[-4000:])
+
+
+def _under_tmp(path: Path) -> bool:
+    return path == Path("/tmp") or Path("/tmp") in path.parents
+
+
+def _tmp_mount(scratch: Path) -> list[str]:
+    """Shell lines mounting the pod's emptyDir at /tmp. When this checkout itself lives under /tmp (a CI
+    clone), it is bound back at its path inside the new /tmp, so the code and virtualenv stay visible."""
+    if not _under_tmp(ROOT):
+        return [f'mount --bind "{scratch}" /tmp']
+    return [f'exec 3<"{ROOT}" 4<"{scratch}"',
+            'mount --no-canonicalize --bind /proc/self/fd/4 /tmp',
+            f'mkdir -p "{ROOT}"',
+            f'mount --no-canonicalize --bind /proc/self/fd/3 "{ROOT}"',
+            'exec 3<&- 4<&-']
 
 
 def _make_cgroup(limit: int | None) -> Path | None:
