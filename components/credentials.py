@@ -17,10 +17,13 @@ Secret names follow from the workload, so every component derives them here and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 MLFLOW_USER_PREFIX = "mlops-"  # every user the stack manages (and deletes when it leaves the plan)
 TRACKING_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -88,3 +91,20 @@ def credential_env(credentials: WorkloadCredentials, tracking_ready: pulumi.Inpu
     env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": tracking, "key": key}}} for key in TRACKING_KEYS]
     env_from = [{"secretRef": {"name": _after(credentials.s3_secret, s3_ready)}}] if minio else []
     return env, env_from
+
+
+@dataclass(frozen=True)
+class GeneratedSecret:
+    password: pulumi.Output[str]
+    secret: k8s.core.v1.Secret
+
+
+def generated_secret(parent: pulumi.Resource, resource_name: str, secret_name: str, namespace: pulumi.Input[str],
+                     keys: Sequence[str], username: str, labels: dict[str, str]) -> GeneratedSecret:
+    """A generated password (a Pulumi secret, stable until replaced) and the Secret holding the
+    username and password under `keys`."""
+    child = pulumi.ResourceOptions(parent=parent)
+    password = random.RandomPassword(resource_name, length=32, special=False, opts=child).result
+    secret = k8s.core.v1.Secret(resource_name, metadata={"name": secret_name, "namespace": namespace, "labels": labels},
+                                string_data=dict(zip(keys, (username, password), strict=True)), opts=child)
+    return GeneratedSecret(password, secret)

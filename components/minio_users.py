@@ -22,10 +22,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.config import ServingEndpoint
-from components.credentials import S3_ACCOUNTS, S3_KEYS, minio_secret, minio_username
+from components.credentials import S3_ACCOUNTS, S3_KEYS, generated_secret, minio_secret, minio_username
 from components.jobs import labels_source
 from components.security import container_security_context, pod_security_context, resources, scratch_volume
 from components.tracking import tracking_policy
@@ -104,18 +103,10 @@ def create_users(parent: pulumi.Resource, name: str, setup: MinioSetup,
                  depends_on: Sequence[pulumi.Resource]) -> k8s.batch.v1.Job:
     """Each account's generated password in its Secret, the policies, and the Job that applies both."""
     child = pulumi.ResourceOptions(parent=parent)
-    passwords, secrets = [], []
-    for account in S3_ACCOUNTS:
-        password = random.RandomPassword(f"{name}-minio-{account}", length=32, special=False, opts=child).result
-        secret = k8s.core.v1.Secret(
-            f"{name}-minio-{account}",
-            metadata={"name": minio_secret(account), "namespace": setup.namespace,
-                      "labels": {**setup.labels, "mlops-platform/minio-user": account}},
-            string_data=dict(zip(S3_KEYS, (minio_username(account), password), strict=True)),
-            opts=child,
-        )
-        passwords.append(password)
-        secrets.append(secret)
+    made = [generated_secret(parent, f"{name}-minio-{account}", minio_secret(account), setup.namespace, S3_KEYS,
+                             minio_username(account), {**setup.labels, "mlops-platform/minio-user": account})
+            for account in S3_ACCOUNTS]
+    passwords, secrets = [m.password for m in made], [m.secret for m in made]
     documents = policies(setup.buckets, setup.endpoints)
     config_map = k8s.core.v1.ConfigMap(
         f"{name}-minio-policies",

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.config import ConfigError, EnvironmentConfig, TrainingJob
 from components.credentials import (
     MLFLOW_USER_PREFIX,
     TRACKING_KEYS,
+    generated_secret,
     mlflow_secret,
     mlflow_username,
     monitoring,
@@ -135,19 +134,9 @@ class UserSecrets:
 def user_secrets(parent: pulumi.Resource, name: str, namespace: pulumi.Input[str], users: list[PlannedUser],
                  labels: dict[str, str]) -> UserSecrets:
     """A generated password per user and its Secret (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
-    child = pulumi.ResourceOptions(parent=parent)
-    passwords, names = [], []
-    for user in users:
-        password = random.RandomPassword(f"{name}-{user.username}", length=32, special=False, opts=child).result
-        secret = k8s.core.v1.Secret(
-            f"{name}-{user.username}",
-            metadata={"name": user.secret, "namespace": namespace,
-                      "labels": {**labels, "mlops-platform/mlflow-user": user.username}},
-            string_data=dict(zip(TRACKING_KEYS, (user.username, password), strict=True)),
-            opts=child,
-        )
-        passwords.append(password)
-        names.append(secret.metadata["name"])
+    made = [generated_secret(parent, f"{name}-{user.username}", user.secret, namespace, TRACKING_KEYS, user.username,
+                             {**labels, "mlops-platform/mlflow-user": user.username}) for user in users]
+    passwords, names = [m.password for m in made], [m.secret.metadata["name"] for m in made]
     document: pulumi.Output[str] = pulumi.Output.all(*passwords).apply(lambda p: users_document(users, list(p)))
     return UserSecrets(document, pulumi.Output.all(*names).apply(lambda _: METRICS_SECRET))
 
