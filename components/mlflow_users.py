@@ -8,7 +8,10 @@ The plan (`plan(env)`), measured against a real `mlflow server --app-name basic-
 | `mlops-training-<job>` | EDIT its experiment, EDIT its model | log runs, register versions, move the alias |
 | `mlops-serving-<endpoint>` | READ its model, READ the experiments its model is trained in | resolve the alias; a model's files live under the training experiment, and reading them is judged on that experiment |
 | `mlops-monitoring-<endpoint>` | READ its model and those experiments, EDIT `monitoring/<endpoint>` | load the champion and its training spec, record monitoring runs |
-| `mlops-metrics` | none | Prometheus scrapes the server's /metrics (authentication only) |
+| `mlops-metrics-scraper` | none | the ServiceMonitor's basic auth for the server's /metrics: authenticated, sees nothing |
+
+An endpoint whose model no training job of the stack registers gets READ on the model only: its
+versions' files then sit in an experiment the stack does not know (an admin grants READ on it).
 
 The server runs with `default_permission = NO_PERMISSIONS`: a user sees nothing it was not granted.
 MLflow lets any authenticated user create *new* experiments and registered models (it grants their
