@@ -165,6 +165,7 @@ def test_serve_listens_where_the_settings_say_and_hands_workers_their_environmen
     assert (call["host"], call["port"], call["workers"], call["factory"]) == ("0.0.0.0", 8080, 3, True)
     # The limits uvicorn lacks come from our protocol; the ones it has from the settings.
     assert call["http"] is GuardedHttpToolsProtocol and call["timeout_keep_alive"] == settings.keep_alive_seconds
+    assert call["proxy_headers"] is False  # the reload rule's client address is the real peer's
     assert call["app"] == server.APP_FACTORY
     worker = server.worker_app()
     assert worker.settings == settings and worker.settings.endpoint == "churn-ep"

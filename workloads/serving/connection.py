@@ -218,5 +218,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
     """uvicorn.run keywords for the limits uvicorn enforces itself, and this protocol for the others."""
+    # proxy_headers off: the client address the app sees (auth.py's loopback rule) is the real peer's,
+    # never one a forwarded header claims.
     return {"http": GuardedHttpToolsProtocol, "timeout_keep_alive": settings.keep_alive_seconds,
-            "limit_concurrency": None, "h11_max_incomplete_event_size": settings.max_header_bytes}
+            "limit_concurrency": None, "h11_max_incomplete_event_size": settings.max_header_bytes,
+            "proxy_headers": False}
