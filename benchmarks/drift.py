@@ -43,23 +43,24 @@ CATEGORIES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
 def make_tables(rows: int, n_numeric: int, n_categorical: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reference and current; the current is shifted on a quarter of the numeric and one categorical feature."""
     rng = np.random.default_rng(seed)
+    return make_table(rows, n_numeric, n_categorical, False, rng), make_table(rows, n_numeric, n_categorical, True, rng)
+
+
+def make_table(rows: int, n_numeric: int, n_categorical: int, shifted: bool, rng: np.random.Generator) -> pd.DataFrame:
+    """One table of `make_tables`: the reference's distribution, or the current's (`shifted`)."""
     p = np.array([0.3, 0.25, 0.2, 0.12, 0.08, 0.05])
-
-    def table(shifted: bool) -> pd.DataFrame:
-        cols: dict[str, object] = {}
-        for i in range(n_numeric):
-            shift = 0.1 * (i + 1) if shifted and i < max(1, n_numeric // 4) else 0.0
-            values = rng.normal(shift, 1.0, rows) if i % 2 else rng.gamma(2.0 + shift, 1.0, rows)
-            if i % 5 == 4:  # some integer-valued (tied) columns with missing values
-                values = np.round(values * 3)
-                values[rng.random(rows) < 0.02] = np.nan
-            cols[f"num_{i:02d}"] = values
-        for j in range(n_categorical):
-            probs = p[::-1] if shifted and j == 0 else p
-            cols[f"cat_{j}"] = pd.Series(rng.choice(CATEGORIES, rows, p=probs), dtype="str")
-        return pd.DataFrame(cols)
-
-    return table(False), table(True)
+    cols: dict[str, object] = {}
+    for i in range(n_numeric):
+        shift = 0.1 * (i + 1) if shifted and i < max(1, n_numeric // 4) else 0.0
+        values = rng.normal(shift, 1.0, rows) if i % 2 else rng.gamma(2.0 + shift, 1.0, rows)
+        if i % 5 == 4:  # some integer-valued (tied) columns with missing values
+            values = np.round(values * 3)
+            values[rng.random(rows) < 0.02] = np.nan
+        cols[f"num_{i:02d}"] = values
+    for j in range(n_categorical):
+        probs = p[::-1] if shifted and j == 0 else p
+        cols[f"cat_{j}"] = pd.Series(rng.choice(CATEGORIES, rows, p=probs), dtype="str")
+    return pd.DataFrame(cols)
 
 
 # --- methods (each runs in a fresh subprocess) ----------------------------------------------

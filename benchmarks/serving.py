@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.serving                    # 30 s per cell, 2 workers
     .venv/bin/python -m benchmarks.serving --quick            # 2 s per cell, 1-row requests only
+    .venv/bin/python -m benchmarks.serving --capture-cost     # in process: capture's flush cost per row only
 
 One registered model (scaler + one-hot + logistic regression on 20 numeric and 1 categorical
 feature) on a throwaway local stack, served by (a) `mlops serve` with capture, (b) `mlops serve`
@@ -9,7 +10,10 @@ without capture, (c) the stock `mlflow models serve`, each with the same worker 
 driven by wrk (Debian package `wrk`) on 127.0.0.1 with 1-row and 100-row requests at
 concurrency 8 and 32, after a short unmeasured warm-up of each server. Prints the machine,
 package versions, the in-process predict ceiling, a table of requests/s, p50, p99 and errors,
-and issue 7's targets; checks the three servers answer byte-identically.
+and issue 7's targets; checks the three servers answer byte-identically. The served version has
+cached profile bins (as after a first monitoring run), so capture writes its summaries too.
+
+Capture's flush cost per row is measured in process too (benchmarks/capture_cost.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 import workloads  # noqa: F401 - telemetry off before mlflow is imported
+from benchmarks import capture_cost as flush
 from benchmarks.machine import describe
 from workloads.environment import Environment
 
@@ -212,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 s per cell, 1-row requests at concurrency 8 and 32")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--capture-cost", action="store_true", help="only capture's flush cost, in process")
     args = parser.parse_args(argv)
+    if args.capture_cost:
+        print(describe(["pandas", "numpy", "pyarrow"]))
+        flush.print_capture_cost(flush.capture_cost(flush.cache_bins(None, "m", "1")), {})
+        return 0
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
@@ -230,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             env = Environment(stack.up(timeout=180), tmp / "stack")
             name = "bench-serving"
-            _, pipe = register(env, name)
+            version, pipe = register(env, name)
+            bins = flush.cache_bins(env, name, version)  # capture summarises from its first lookup on
             print("\nin-process predict ceiling (rows/s):")
             for label, rows, rate in ceiling(env, name, pipe, 0.5 if args.quick else 3):
                 print(f"  {label:16s} {rows:4d}-row calls  {rate:12,.0f}")
@@ -278,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{cap['server_cpu_ms_per_1k'] - ours['server_cpu_ms_per_1k']:+.0f} ms server CPU per 1k requests, "
               f"{cap['s3_cpu_s'] - ours['s3_cpu_s']:+.2f} s S3 CPU)")
     print(f"predictions identical across servers (100-row request, response bytes): {identical}")
+    cpu = {rows: by[("ours+capture", rows, 8)]["server_cpu_ms_per_1k"] / 1000 for rows, conc in cells if conc == 8}
+    flush.print_capture_cost(flush.capture_cost(bins), cpu)  # what the summaries add, against that CPU
     # Issue 7's serving targets, from the cells above (same machine, same worker count).
     c32, c8 = (by[(k, 1, 32)] for k in ("ours", "stock")), (by[(k, 1, 8)] for k in ("ours", "stock"))
     (ours32, stock32), (ours8, stock8) = c32, c8

@@ -14,6 +14,7 @@ tests use both.
         monitoring/<endpoint>/retrain.lock               the retraining lock (conditional put)
         monitoring/<endpoint>/last_retrain.json          the cooldown record
         monitoring/<endpoint>/retrain/<run_id>.parquet   newest data handed to a retraining Job
+        monitoring/<endpoint>/rollups/dt=YYYY-MM-DD/hour=HH/<bins>.summary   an hour's capture summaries merged
         monitoring/profiles/<dataset digest>/<features hash>.npz   cached reference profiles
         monitoring/profile-bins/<dataset digest>/<features hash>.json   their PSI bins (capture reads these)
     s3://<artifact_bucket>/
@@ -86,6 +87,15 @@ def last_retrain_key(endpoint: str) -> str:
 
 def retrain_data_key(endpoint: str, run_id: str) -> str:
     return f"{monitoring_prefix(endpoint)}retrain/{run_id}.parquet"
+
+
+def rollup_key(endpoint: str, hour: datetime, name: str) -> str:
+    """One hour's capture summaries merged by the monitor (workloads/monitoring/rollups.py)."""
+    return f"{rollups_prefix(endpoint, hour)}hour={hour:%H}/{name}.summary"
+
+
+def rollups_prefix(endpoint: str, day: datetime) -> str:
+    return f"{monitoring_prefix(endpoint)}rollups/dt={day:%Y-%m-%d}/"
 
 
 def profile_key(dataset_digest: str, features_hash: str) -> str:

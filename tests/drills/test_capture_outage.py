@@ -6,7 +6,9 @@ then killed (connections refused); then a fresh moto starts on the same port (mo
 nothing: the bucket is created again). Asserted: every scoring request during the whole time
 gets a 200; failed writes and dropped records show in /metrics; capture resumes by itself
 (records sent after the recovery appear in the bucket, no restart of the endpoint); and every
-row is accounted for: written + dropped = rows scored.
+row is accounted for: written + dropped = rows scored. The monitor's profile bins are in the
+store from the start, so capture writes a summary beside each file: after the recovery every
+file has one, counting exactly its rows, and no summary is without its file.
 
 `tests/serving/test_serve.py::test_capture_survives_s3_outage_and_resumes` covers the
 mechanism with a short refused-connection outage; this drill is the sustained version.
@@ -14,17 +16,24 @@ mechanism with a short refused-connection outage; this drill is the sustained ve
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.drills.conftest import features
 from tests.serving.helpers import Endpoint, free_port, private_store, read_captures, start_moto
+from workloads.capture.summary import summary_key
 from workloads.data.sample import generate
 from workloads.environment import Environment, StackOutputs
+from workloads.layout import capture_prefix
+from workloads.monitoring.profile import ReferenceProfile, cached, feature_profile_key, prediction_profile_key
+from workloads.monitoring.reference import resolve_champion
+from workloads.monitoring.summaries import parse
 
 pytestmark = pytest.mark.servers
 # The issue says a minute; 30 s (half frozen, half refused) exercises the same paths: capture has no
@@ -78,10 +87,34 @@ def _wait(condition, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.2)
 
 
+def _cache_bins(env: Environment, model: dict) -> None:
+    """What the monitor's first run leaves in the capture bucket: the profiles and their bins."""
+    with env.tracking():
+        champ = resolve_champion(env.mlflow_client(), model["name"], "champion")
+    reference = features(generate(800, seed=5))
+    cached(env.s3, BUCKET, feature_profile_key(champ.dataset_digest, champ.features),
+           lambda: ReferenceProfile.build(reference[champ.features]))
+    cached(env.s3, BUCKET, prediction_profile_key(champ.dataset_digest, champ.name, champ.version),
+           lambda: ReferenceProfile.build(pd.DataFrame({"_prediction": [0.1, 0.5, 0.9]})))
+
+
+def _summaries(env: Environment) -> tuple[int, int, list[str]]:
+    """(capture files, files with a summary counting exactly their rows, summaries without a file)."""
+    pages = env.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=capture_prefix(ENDPOINT))
+    keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
+    files = [k for k in keys if k.endswith(".parquet")]
+    body = lambda k: env.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()  # noqa: E731
+    matched = [k for k in files if summary_key(k) in keys
+               and parse(body(summary_key(k))).rows == len(pd.read_parquet(io.BytesIO(body(k))))]
+    orphans = [k for k in keys if k.endswith(".summary") and k.removesuffix(".summary") + ".parquet" not in keys]
+    return len(files), len(matched), orphans
+
+
 def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: StackOutputs, tmp_path: Path) -> None:
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")
     outage = private_store(Environment(local_stack), port, BUCKET, tmp_path / "wd")
+    _cache_bins(outage, churn_model)
     ep = Endpoint(churn_model["name"], outage.workdir, "--endpoint-name", ENDPOINT, "--capture-flush-seconds", "0.5",
                   "--capture-max-buffer-rows", str(BUFFER_ROWS), log=tmp_path / "serve.log")
     traffic = Traffic(ep)
@@ -89,6 +122,7 @@ def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: St
         ep.wait_ready()
         traffic.start()
         _wait(lambda: ep.metric("mlops_capture_records_written_total") >= 20, 20, "the first captures")
+        _wait(lambda: _summaries(outage)[1] > 0, 20, "the first summary (capture has the bins)")
 
         moto.send_signal(signal.SIGSTOP)  # frozen: writes hang until the client gives up
         time.sleep(OUTAGE_SECONDS / 2)
@@ -127,6 +161,8 @@ def test_capture_bucket_unreachable_then_back(churn_model: dict, local_stack: St
         # The new store holds what was written since it came back (the old one's content died with it).
         captured = read_captures(outage, ENDPOINT)
         assert captured["_request_id"].is_unique and len(captured) >= len(after)
+        files, summarised, orphans = _summaries(outage)
+        assert files and summarised == files and orphans == [], (files, summarised, orphans)
     finally:
         ep.stop()
         moto.kill()

@@ -220,3 +220,49 @@ def test_a_records_window_keeps_the_newest_rows(reference, signature) -> None:
     full = _full(endpoint, newest.reset_index(drop=True))
     for name, f in _features(full).items():
         assert _features(exact)[name].psi == f.psi and _features(exact)[name].statistic == f.statistic, name
+
+
+def test_a_second_run_reads_the_hours_the_first_rolled_up(reference, signature, monkeypatch) -> None:
+    """Past hours merged once (rollups.py): later runs read one object per hour, with the same drift;
+    a file arriving late in a rolled-up hour is added, a roll-up naming a vanished file is not used."""
+    monkeypatch.setattr(summaries, "SAMPLE_ROWS", 1500)
+    s3 = MemoryS3()
+    endpoint = Endpoint(s3, reference, signature)
+    frames = [_traffic(9000, seed=20 + h, shift=0.2 * h) for h in range(4)]
+    for h, frame in enumerate(frames):  # hours 09, 10 and 11 wholly inside a 4-hour window; 12 still open
+        endpoint.capture(frame, files=12, at=NOW - timedelta(hours=3 - h, minutes=20))
+
+    def run() -> tuple[DriftReport, dict, int]:
+        gets = s3.gets
+        report, opened = _monitor(endpoint, exact_rows=5000, hours=4)
+        return report, describe_window(opened), s3.gets - gets
+
+    first, span, cold = run()
+    rolled = [k for k in s3.objects if "/rollups/" in k]
+    assert len(rolled) == 3 and span["rollups"] == 0
+    second, span, warm = run()
+    assert span["rollups"] == 3 and span["files"] == 48 and warm < cold / 2, (warm, cold)
+    full = _full(endpoint, pd.concat(frames, ignore_index=True))
+    for report in (first, second):
+        for name, f in _features(full).items():
+            assert _features(report)[name].psi == f.psi, name
+            if f.kind == "numeric":
+                assert abs(_features(report)[name].statistic - f.statistic) <= _features(report)[name].ks_error
+
+    late = _traffic(3000, seed=30, shift=1.0)
+    endpoint.capture(late, files=1, at=NOW - timedelta(hours=2, minutes=50))  # into the rolled-up hour 10
+    third, span, _ = run()
+    assert span["rollups"] == 3 and span["files"] == 49
+    full = _full(endpoint, pd.concat([*frames, late], ignore_index=True))
+    assert all(_features(third)[n].psi == f.psi for n, f in _features(full).items())
+
+    gone = next(k for k in s3.objects if k.startswith("captures/") and "hour=09" in k and k.endswith(".parquet"))
+    del s3.objects[gone], s3.objects[gone.removesuffix(".parquet") + ".summary"]  # expired
+    _, span, _ = run()
+    assert span["files"] == 48 and span["rows"] == 36_000 + 3000 - 9000 // 12
+
+
+def describe_window(opened) -> dict:  # noqa: ANN001
+    from workloads.monitoring.window import describe
+
+    return describe(opened, hours=4, records=None, now=NOW)

@@ -91,6 +91,7 @@ class Summary:
     columns: list[str]  # sample columns after the key
     rate: float
     sample: np.ndarray  # (m, 1 + len(columns)) float64, ascending key
+    sources: list[str] = field(default_factory=list)  # capture files merged into it (the monitor's roll-ups)
 
     @classmethod
     def of_table(cls, table: pa.Table, bins: Bins, rate: float = SAMPLE_RATE,
@@ -124,7 +125,7 @@ class Summary:
             "categories": {k: {"counts": c.counts.tolist(), "unseen": c.unseen, "other": c.other, "nulls": c.nulls}
                            for k, c in self.categories.items()},
             "columns": self.columns, "rate": self.rate, "sample_rows": len(self.sample),
-            "index": self.sample[::INDEX_EVERY, 0].tolist() if len(self.sample) else [],
+            "index": self.sample[::INDEX_EVERY, 0].tolist() if len(self.sample) else [], "sources": self.sources,
         }).encode()
         return MAGIC + struct.pack("<Q", len(header)) + header + self.sample.astype("<f8").tobytes()
 
@@ -139,6 +140,7 @@ class Summary:
             {k: Categories(np.asarray(c["counts"], dtype=np.int64), c["unseen"], c["other"], c["nulls"])
              for k, c in header["categories"].items()},
             header["columns"], header["rate"], sample if sample is not None else np.empty((0, width)),
+            header.get("sources", []),
         )
 
     def counts_only(self) -> Summary:
@@ -196,7 +198,11 @@ def numeric_values(column: Any) -> np.ndarray:
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> tuple[int, np.ndarray]:
     """(nulls, counts on the bins (-inf, e0], (e0, e1], ..., (e_last, inf)), as drift.py bins sorted data."""
     present = values[~np.isnan(values)]
-    counts = np.bincount(np.searchsorted(edges, present, "left"), minlength=len(edges) + 1)
+    if len(edges) > 32:
+        counts = np.bincount(np.searchsorted(edges, present, "left"), minlength=len(edges) + 1)
+    else:  # a few edges (deciles): one vectorised comparison each beats a binary search per value
+        at_most = [np.count_nonzero(present <= e) for e in edges]
+        counts = np.diff(np.array([0, *at_most, len(present)]))
     return len(values) - len(present), counts.astype(np.int64)
 
 

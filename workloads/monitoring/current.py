@@ -8,7 +8,8 @@
   its DKW bound, drift.py). Files without such a summary (written before the monitor cached the
   bins, by another model version, or across the window's start) are read in bounded batches into
   the same merge. Time and memory then depend on the number of files and the sample size, not
-  on the rows captured.
+  on the rows captured; each past hour merged here is written back as one roll-up (rollups.py),
+  so the next run reads one object for it instead of its files.
 
 Either way a uniform sample of rows (`window.sample`) is kept for the report's plots.
 """
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.capture.summary import Bins, Summary, numeric_values
+from workloads.monitoring import rollups
 from workloads.monitoring.drift import CategoricalCurrent, Current, NumericCurrent
 from workloads.monitoring.profile import (
     PREDICTION,
@@ -97,17 +99,18 @@ def _exact(window: CapturedWindow, bins: Bins, rows: int) -> tuple[Merger, dict[
 def _merged(window: CapturedWindow, bins: Bins) -> Merger:
     """The champion's group(s) of summaries, plus every other file of the window read in batches."""
     merger = Merger(window.sampler)
-    groups = {k for k, g in window.groups.items() if g.total is not None and usable(g.total, bins)}
-    for keys in groups:
-        group = window.groups[keys]
+    for part in window.parts:  # first: streaming a file counts nothing new, the bound is final already
+        if part.group is None or not usable(window.groups[part.group].total, bins):
+            for table in _batches(window, part, bins):
+                merger.add(Summary.of_table(table, bins, rate=window.sampler.bound()))
+    groups = {k: g for k, g in window.groups.items() if g.total is not None and usable(g.total, bins)}
+    for keys, group in groups.items():  # each hour's sample complete below the final bound
+        merge_tails(window.s3, window.bucket, window.tails.get(keys, []), group)
+    for group in groups.values():
         assert group.total is not None
         merger.add(group.total)
         merger.keep(group.sample())
-    for part in window.parts:
-        if part.group not in groups:
-            for table in _batches(window, part, bins):
-                merger.add(Summary.of_table(table, bins, rate=window.sampler.bound()))
-    merge_tails(window.s3, window.bucket, [t for k in groups for t in window.tails.get(k, [])], merger)
+    rollups.write(window, groups)
     return merger
 
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -109,7 +110,11 @@ class ReferenceProfile:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReferenceProfile:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return cls.from_file(io.BytesIO(data))
+
+    @classmethod
+    def from_file(cls, source: Any) -> ReferenceProfile:
+        with np.load(source, allow_pickle=False) as npz:
             header = json.loads(str(npz["header"]))
             numeric = {
                 h["name"]: NumericProfile(npz[f"num{i}_sorted"], npz[f"num{i}_edges"], h["null_rate"])
@@ -125,7 +130,7 @@ class ReferenceProfile:
 def cached(s3: Any, bucket: str, key: str, build: Callable[[], ReferenceProfile]) -> ReferenceProfile:
     """The profile stored at `key`, built and stored on first use; its bins document stored beside it."""
     try:
-        profile = ReferenceProfile.from_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        profile = _download(s3, bucket, key)
     except s3.exceptions.NoSuchKey:
         profile = build()
         s3.put_object(Bucket=bucket, Key=key, Body=profile.to_bytes())
@@ -137,6 +142,16 @@ def cached(s3: Any, bucket: str, key: str, build: Callable[[], ReferenceProfile]
             pass
     s3.put_object(Bucket=bucket, Key=bins_key(key), Body=bins_document(profile, key))
     return profile
+
+
+def _download(s3: Any, bucket: str, key: str) -> ReferenceProfile:
+    """Through a temporary file: the profile's arrays are in memory once, not also as the object's bytes."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    with tempfile.TemporaryFile() as spool:
+        for chunk in iter(lambda: body.read(8 * 2**20), b""):
+            spool.write(chunk)
+        spool.seek(0)
+        return ReferenceProfile.from_file(spool)
 
 
 # --- where profiles live, and their bins for capture ---------------------------------------

@@ -129,7 +129,7 @@ class Merger:
         if len(rows):
             self._kept.append(rows)
             self._kept_rows += len(rows)
-        if self._kept_rows > 4 * self.sampler.target:  # compact under the current bound
+        if self._kept_rows > 2 * self.sampler.target:  # compact under the current bound
             self._kept = [self.sample()]
             self._kept_rows = len(self._kept[0])
 
@@ -148,9 +148,9 @@ def merge_tails(s3: Any, bucket: str, tails: list[Tail], merger: Merger) -> None
         merger.keep(rows)
 
 
-def usable(summary: Summary, bins: Bins) -> bool:
+def usable(summary: Summary | None, bins: Bins) -> bool:
     """A summary counted on the same bins as the window's champion (the same cached profiles)."""
-    return summary.features_key == bins.features_key and (
+    return summary is not None and summary.features_key == bins.features_key and (
         bins.prediction_key is None or summary.prediction_key == bins.prediction_key)
 
 

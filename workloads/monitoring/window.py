@@ -1,8 +1,9 @@
 """The captured window: the rows `mlops serve` captured for an endpoint, by time or by count.
 
 Capture files are partitioned by hour (`layout.capture_key`), most with a summary beside them
-(workloads/capture/summary.py). Loading a window reads no rows: per file, its summary's header
-(one ranged GET) or, without one, its Parquet footer, gives its row count and `_ts` bounds. A file
+(workloads/capture/summary.py), and past hours rolled up by an earlier run (rollups.py). Loading a
+window reads no rows: per roll-up or file, its summary's header (one ranged GET) or, without one,
+its Parquet footer, gives its row count and `_ts` bounds. A file
 inside the window counts whole; one across the window's start (or the oldest file a records
 window needs) is trimmed by reading its `_ts` (and `_row`) column. So the window's size and
 span (`describe`) and its columns and types (`integrity_problems`) cost nothing per row.
@@ -29,6 +30,7 @@ from workloads.capture.summary import Summary, summary_key
 from workloads.environment import Environment
 from workloads.monitoring.labels import labelled_rows
 from workloads.monitoring.profile import ReferenceProfile
+from workloads.monitoring.rollups import Group, covered_files, find
 from workloads.monitoring.stream import TooLarge, batches, check, file_info, open_file
 from workloads.monitoring.summaries import Merger, Sampler, Tail, bounded_map, read_head
 
@@ -47,7 +49,9 @@ class Part:
     kinds: dict[str, str]
     summary: Summary | None = None  # until merged into its group
     tail: Tail | None = None
-    group: tuple[str | None, str | None] | None = None  # the bins it was summarised on, once merged
+    group: Group | None = None  # the bins it was summarised on and its hour, once merged
+    hour: datetime | None = None  # its partition
+    sources: list[tuple[str, int]] | None = None  # a roll-up's capture files (key, size): read these for rows
     since: int | None = None  # rows with `_ts` in [since, until] only (a file across the window's start)
     until: int | None = None
     mask: np.ndarray | None = None  # rows by position (the oldest file of a records window)
@@ -66,15 +70,25 @@ class CapturedWindow:
 
     s3: Any
     bucket: str
+    endpoint: str = ""
+    since: datetime | None = None  # a window by hours: [since, until]
+    until: datetime | None = None
     parts: list[Part] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sampler: Sampler = field(default_factory=Sampler)
-    groups: dict[tuple[str | None, str | None], Merger] = field(default_factory=dict)
-    tails: dict[tuple[str | None, str | None], list[Tail]] = field(default_factory=dict)
+    groups: dict[Group, Merger] = field(default_factory=dict)
+    tails: dict[Group, list[Tail]] = field(default_factory=dict)
+    sources: dict[Group, list[str]] = field(default_factory=dict)  # capture files merged into each group
+    fresh: set[Group] = field(default_factory=set)  # groups with a file's own summary (not only roll-ups)
     sample: pd.DataFrame = field(default_factory=pd.DataFrame)  # set by `current`
 
     def __len__(self) -> int:
         return sum(p.count for p in self.parts)
+
+    def holds_hour(self, hour: datetime) -> bool:
+        """The whole hour partition is inside this window (a window by hours)."""
+        return self.since is not None and self.until is not None and self.since <= hour \
+            and hour + timedelta(hours=1) <= self.until
 
     @property
     def kinds(self) -> dict[str, set[str]]:
@@ -103,6 +117,10 @@ class CapturedWindow:
 
     def read(self, part: Part, columns: list[str] | None) -> Iterator[pa.Table]:
         """The part's rows in the window, `columns` only (absent ones as nulls), in bounded batches."""
+        if part.sources is not None:  # a roll-up: its files, whole
+            for key, size in part.sources:
+                yield from self.read(Part(key, size, 0, None, {}), columns)
+            return
         parquet = open_file(self.s3, self.bucket, part.key, part.size)
         wanted = columns or parquet.schema_arrow.names
         offset = 0
@@ -158,10 +176,10 @@ def read_window(s3: Any, bucket: str, endpoint: str, *, hours: float, records: i
     """`load_window` on any S3 client and bucket (benchmarks, tests)."""
     now = now or datetime.now(UTC)
     since = None if records is not None else now - timedelta(hours=hours)
-    window = CapturedWindow(s3, bucket)
+    window = CapturedWindow(s3, bucket, endpoint, since, now if since is not None else None)
     files = _capture_files(window, endpoint, since, now)
     if records is None:
-        _plan_hours(window, files, _us(since) if since else 0, _us(now))
+        _plan_hours(window, files, find(window, now - timedelta(hours=hours), now))
     else:
         _plan_records(window, files, records)
     return window
@@ -169,9 +187,11 @@ def read_window(s3: Any, bucket: str, endpoint: str, *, hours: float, records: i
 
 def describe(window: CapturedWindow, *, hours: float, records: int | None, now: datetime) -> dict[str, Any]:
     """The window as the result and the report show it."""
+    files = {p.key: len(p.sources or [1]) for p in window.parts}
     span: dict[str, Any] = {"rows": len(window), "hours": hours if records is None else None,
-                            "records": records, "end": now.isoformat(), "files": len(window.parts),
-                            "summarised_files": sum(p.group is not None for p in window.parts)}
+                            "records": records, "end": now.isoformat(), "files": sum(files.values()),
+                            "summarised_files": sum(files[p.key] for p in window.parts if p.group is not None),
+                            "rollups": sum(p.sources is not None for p in window.parts)}
     firsts = [p.first for p in window.parts if p.count and p.first is not None]
     lasts = [p.last for p in window.parts if p.count and p.last is not None]
     if firsts and lasts:
@@ -197,25 +217,34 @@ File = tuple[datetime, str, int, str | None]  # partition hour, key, size, summa
 
 
 def _capture_files(window: CapturedWindow, endpoint: str, since: datetime | None, now: datetime) -> list[File]:
-    """Every capture file, newest partition first; only the hours from `since` to `now` when set."""
-    pages = window.s3.get_paginator("list_objects_v2").paginate(Bucket=window.bucket,
-                                                                Prefix=layout.capture_prefix(endpoint))
-    objects = {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+    """Every capture file, newest partition first; only the hours from `since` to `now` when set
+    (listed hour by hour: the cost does not grow with the retained history)."""
+    if since is None:
+        prefixes = [layout.capture_prefix(endpoint)]
+    else:
+        hour, prefixes = since.replace(minute=0, second=0, microsecond=0), []
+        while hour <= now:
+            prefixes.append(layout.capture_key(endpoint, hour, "").removesuffix(".parquet"))
+            hour += timedelta(hours=1)
+    objects: dict[str, int] = {}
+    for listed in bounded_map(lambda prefix: _list(window, prefix), prefixes):
+        objects |= listed
     files = [(h, k, size, summary_key(k) if summary_key(k) in objects else None)
              for k, size in objects.items() if k.endswith(".parquet") and (h := partition_hour(k))]
-    files.sort(key=lambda f: (f[0], f[1]), reverse=True)
-    if since is None:
-        return files
-    floor = since.replace(minute=0, second=0, microsecond=0)
-    return [f for f in files if floor <= f[0] <= now]
+    return sorted(files, key=lambda f: (f[0], f[1]), reverse=True)
+
+
+def _list(window: CapturedWindow, prefix: str) -> dict[str, int]:
+    pages = window.s3.get_paginator("list_objects_v2").paginate(Bucket=window.bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
 def _describe_file(window: CapturedWindow, file: File) -> Part | None:
     """A file's rows, `_ts` bounds and column kinds, from its summary's header or its footer."""
-    _, key, size, summary = file
+    hour, key, size, summary = file
     if summary is not None:
         head, tail = read_head(window.s3, window.bucket, summary)
-        return Part(key, size, head.rows, head.ts, head.kinds, head, tail)
+        return Part(key, size, head.rows, head.ts, head.kinds, head, tail, hour=hour)
     try:
         parquet = open_file(window.s3, window.bucket, key, size)
         check(parquet)  # a file from before capture's caps may not be readable in bounds: not counted
@@ -226,11 +255,21 @@ def _describe_file(window: CapturedWindow, file: File) -> Part | None:
     except (pa.ArrowException, OSError) as exc:  # not Parquet (any more): nothing to read
         window.skipped.append((key, f"unreadable: {exc}"))
         return None
-    return Part(key, size, info.rows, info.ts, info.kinds)
+    return Part(key, size, info.rows, info.ts, info.kinds, hour=hour)
 
 
-def _plan_hours(window: CapturedWindow, files: list[File], since: int, until: int) -> None:
-    for part in bounded_map(lambda f: _describe_file(window, f), files):
+def _plan_hours(window: CapturedWindow, files: list[File], rollups: list[Any]) -> None:
+    assert window.since is not None and window.until is not None
+    since, until = _us(window.since), _us(window.until)
+    listed = {f[1]: f for f in files}
+    covered: set[str] = set()
+    for hour, summary, tail in covered_files(rollups, listed):
+        rolled = Part(tail.key, 0, summary.rows, summary.ts, summary.kinds, summary, tail, hour=hour,
+                      sources=[(k, listed[k][2]) for k in summary.sources])
+        rolled.count, (rolled.first, rolled.last) = rolled.rows, rolled.ts or (None, None)
+        covered |= set(summary.sources)
+        _admit(window, rolled)
+    for part in bounded_map(lambda f: _describe_file(window, f), [f for f in files if f[1] not in covered]):
         if part is None:
             continue
         if part.ts is not None and (part.ts[1] < since or part.ts[0] > until):
@@ -268,11 +307,14 @@ def _admit(window: CapturedWindow, part: Part) -> None:
     """Into the window: rows counted for the sampler; a whole summarised file merged into its group now."""
     window.parts.append(part)
     window.sampler.count(part.count, part.summary.rate if part.summary is not None and part.whole else 1.0)
-    if part.summary is not None and part.whole:
-        keys = (part.summary.features_key, part.summary.prediction_key)
+    if part.summary is not None and part.whole and part.hour is not None:
+        keys = (part.summary.features_key, part.summary.prediction_key, part.hour)
         window.groups.setdefault(keys, Merger(window.sampler)).add(part.summary)
         if part.tail is not None:
             window.tails.setdefault(keys, []).append(part.tail)
+        window.sources.setdefault(keys, []).extend(k for k, _ in part.sources or [(part.key, 0)])
+        if part.sources is None:
+            window.fresh.add(keys)
         part.group = keys
     part.summary = None  # a trimmed file is read, not summed
 
