@@ -43,29 +43,6 @@ def trust_policy(provider_arn: str, provider_url: str, namespace: str, service_a
     })
 
 
-def s3_statements(*, read: Sequence[str] = (), write: Sequence[str] = (), kms_key_arn: str | None = None,
-                  prefix: str = "*", delete: bool = False) -> list[dict[str, Any]]:
-    """Least-privilege S3 (+ KMS) statements on specific bucket ARNs."""
-    statements: list[dict[str, Any]] = []
-    buckets = sorted({*read, *write})
-    if buckets:
-        statements.append({"Sid": "ListBuckets", "Effect": "Allow",
-                           "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": buckets})
-    if read:
-        statements.append({"Sid": "ReadObjects", "Effect": "Allow",
-                           "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                           "Resource": [f"{b}/{prefix}" for b in read]})
-    if write:
-        statements.append({"Sid": "WriteObjects", "Effect": "Allow",
-                           "Action": ["s3:PutObject", "s3:AbortMultipartUpload"]
-                           + (["s3:DeleteObject"] if delete else []),
-                           "Resource": [f"{b}/{prefix}" for b in write]})
-    if kms_key_arn:
-        actions = ["kms:Decrypt", "kms:DescribeKey"] + (["kms:GenerateDataKey", "kms:Encrypt"] if write else [])
-        statements.append({"Sid": "UseBucketKey", "Effect": "Allow", "Action": actions, "Resource": kms_key_arn})
-    return statements
-
-
 def irsa_role(
     name: str,
     env: EnvironmentConfig,

@@ -27,8 +27,7 @@ from components.config import ServingEndpoint
 from components.credentials import S3_ACCOUNTS, S3_KEYS, generated_secret, minio_secret, minio_username
 from components.jobs import labels_source
 from components.security import container_security_context, pod_security_context, resources, scratch_volume
-from components.tracking import tracking_policy
-from components.workload_iam import monitoring_policy, serving_policy, training_policy
+from components.workload_iam import monitoring_policy, serving_policy, tracking_policy, training_policy
 
 MC = "mc --config-dir /tmp/mc"
 POLICY_MOUNT = "/etc/mlops/minio-policies"

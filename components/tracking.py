@@ -23,7 +23,6 @@ workloads.image and workloads.imageTag (the image, never `latest`).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,7 @@ import pulumi_random as random
 
 from components.config import EnvironmentConfig, Secrets
 from components.credentials import minio_secret
-from components.irsa import OidcProvider, irsa_role, s3_statements, service_account_annotations
+from components.irsa import OidcProvider, irsa_role, service_account_annotations
 from components.migrations import LOCK_KEY, migration_container
 from components.mlflow_users import (
     METRICS_SECRET,
@@ -51,10 +50,12 @@ from components.security import (
     resources,
     scratch_volume,
 )
+from components.workload_iam import tracking_policy
+from workloads import layout
 
 NAME = "mlflow"
 PORT = 5000
-ARTIFACT_PREFIX = "mlflow"
+ARTIFACT_PREFIX = layout.MLFLOW_ARTIFACTS.rstrip("/")
 AUTH_CONFIG_PATH = "/etc/mlflow/basic_auth.ini"
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "tracking",
           "app.kubernetes.io/part-of": "mlops-platform"}
@@ -94,13 +95,6 @@ def source_regex(artifact_bucket: str) -> str:
     """Model versions may only point at our registry, our runs, or our artifact location."""
     return (r"^(models:/[A-Za-z0-9_-]|runs:/[0-9a-f]|mlflow-artifacts:/"
             rf"|s3://{re.escape(artifact_bucket)}/{ARTIFACT_PREFIX}/)(?!.*\.\./).*$")
-
-
-def tracking_policy(artifact_bucket_arn: str, kms_key_arn: str | None) -> str:
-    """The artifact proxy's S3 access (IRSA on AWS, its MinIO user otherwise): the artifact prefix only."""
-    return json.dumps({"Version": "2012-10-17", "Statement": s3_statements(
-        read=[artifact_bucket_arn], write=[artifact_bucket_arn], kms_key_arn=kms_key_arn,
-        prefix=f"{ARTIFACT_PREFIX}/*", delete=True)})
 
 
 def auth_config(admin_username: str, database_uri: str) -> str:

@@ -1,4 +1,4 @@
-"""The IRSA policies of the workload roles (serving, training, monitoring), least privilege.
+"""The IRSA policies of the workload roles (tracking, serving, training, monitoring), least privilege.
 
 Object prefixes come from the S3 layout the workloads write (`workloads/layout.py`), so a
 role's `Resource` and the keys a workload uses cannot drift apart. The buckets share one KMS
@@ -7,6 +7,7 @@ key only for the buckets it works with (`kms:EncryptionContext:aws:s3:arn`).
 
 Artifacts never need a workload grant: the tracking server proxies them (`--serve-artifacts`,
 components/tracking.py), so training logs and serving loads models through it.
+- tracking: reads, writes and deletes (`mlflow gc`) MLflow's artifact root `mlflow/*` only;
 - serving: writes `captures/*` of the capture bucket and reads the profile bins capture summarises on
   (`monitoring/profile-bins/*`: decile edges and category names, never the reference's values);
 - training: reads the data bucket and writes its `datasets/*` (the dataset version a run trained
@@ -42,17 +43,34 @@ def _objects(bucket_arn: str, prefix: str) -> str:
     return f"{bucket_arn}/{prefix}*"
 
 
-def _kms(key_arn: str | None, bucket_arns: Sequence[str], *, write: bool) -> list[dict[str, Any]]:
-    """The bucket key for these buckets only (S3 Bucket Keys: the encryption context is the bucket ARN)."""
+def _kms(key_arn: str | None, *, read: Sequence[str], write: Sequence[str]) -> list[dict[str, Any]]:
+    """The bucket key for these buckets only (S3 Bucket Keys: the encryption context is the bucket ARN):
+    Decrypt where the role reads or writes (a PutObject decrypts the data key too), GenerateDataKey only
+    where it writes."""
     if not key_arn:
         return []
-    actions = ["kms:Decrypt", *(["kms:GenerateDataKey"] if write else [])]
-    return [_statement("UseBucketKey", actions, [key_arn], Condition={
-        "StringEquals": {"kms:EncryptionContext:aws:s3:arn": sorted(set(bucket_arns))}})]
+
+    def use(sid: str, action: str, buckets: Sequence[str]) -> dict[str, Any]:
+        return _statement(sid, [action], [key_arn], Condition={
+            "StringEquals": {"kms:EncryptionContext:aws:s3:arn": sorted(set(buckets))}})
+    return [use("DecryptWithBucketKey", "kms:Decrypt", [*read, *write]),
+            *([use("EncryptWithBucketKey", "kms:GenerateDataKey", write)] if write else [])]
 
 
 def _document(statements: list[dict[str, Any]]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def tracking_policy(artifact_arn: str, key_arn: str | None) -> str:
+    """The artifact proxy's S3 access (IRSA on AWS, its MinIO user otherwise): MLflow's artifact root only."""
+    root = _objects(artifact_arn, layout.MLFLOW_ARTIFACTS)
+    return _document([
+        _statement("ListArtifacts", LIST, [artifact_arn]),
+        _statement("ReadArtifacts", READ, [root]),
+        # DeleteObject: `mlflow gc` removes the artifacts of deleted runs.
+        _statement("WriteArtifacts", [*WRITE, "s3:DeleteObject"], [root]),
+        *_kms(key_arn, read=[], write=[artifact_arn]),
+    ])
 
 
 def serving_policy(capture_arn: str, key_arn: str | None) -> str:
@@ -62,7 +80,7 @@ def serving_policy(capture_arn: str, key_arn: str | None) -> str:
         _statement("ListCaptureBucket", LIST, [capture_arn]),
         _statement("WriteCaptures", WRITE, [_objects(capture_arn, layout.CAPTURES)]),
         _statement("ReadProfileBins", READ, [_objects(capture_arn, layout.PROFILE_BINS)]),
-        *_kms(key_arn, [capture_arn], write=True),
+        *_kms(key_arn, read=[], write=[capture_arn]),
     ])
 
 
@@ -76,7 +94,7 @@ def training_policy(data_arn: str, capture_arn: str, key_arn: str | None) -> str
         _statement("WriteDatasetVersions", WRITE, [_objects(data_arn, layout.DATASETS)]),
         # A retraining Job reads the newest data the monitor left for it (`--data`).
         _statement("ReadRetrainingData", ["s3:GetObject"], [f"{capture_arn}/{layout.retrain_data_key('*', '*')}"]),
-        *_kms(key_arn, [data_arn, capture_arn], write=True),
+        *_kms(key_arn, read=[capture_arn], write=[data_arn]),
     ])
 
 
@@ -110,7 +128,7 @@ def monitoring_policy(capture_arn: str, data_arn: str, key_arn: str | None, labe
     ]
     if sources:
         statements.append(_statement("ReadLabels", READ, [s.objects for s in sources]))
-    statements += _kms(key_arn, [capture_arn, data_arn, *label_buckets], write=True)
+    statements += _kms(key_arn, read=[data_arn, *label_buckets], write=[capture_arn])
     if sns_topic_arn:
         statements.append(_statement("PublishAlerts", ["sns:Publish"], [sns_topic_arn]))
     return _document(statements)

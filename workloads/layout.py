@@ -36,6 +36,7 @@ LABELS = "labels/"
 MONITORING = "monitoring/"
 PROFILE_BINS = f"{MONITORING}profile-bins/"  # the one monitoring/ prefix serving may read
 BACKUPS = "backups/"  # artifact bucket, outside MLflow's artifact root
+MLFLOW_ARTIFACTS = "mlflow/"  # artifact bucket: the tracking server's --artifacts-destination
 
 
 # --- data bucket -----------------------------------------------------------------------------

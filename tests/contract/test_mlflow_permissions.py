@@ -69,11 +69,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def as_user(credentials: tuple[str, str]) -> Iterator[None]:
+def as_user(credentials: tuple[str, str], url: str | None = None) -> Iterator[None]:
+    """MLflow's clients as this user; with `url`, its fluent API pointed there for the block only (a
+    module fixture's `mlflow.set_tracking_uri` would outlive the module)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
     try:
-        yield
+        with _use_tracking_uri(url) if url else contextlib.nullcontext():
+            yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -191,11 +196,10 @@ def champion(stack: Stack) -> str:
 
     x = np.random.default_rng(0).random((60, 3))
     model = LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int))
-    with as_user(stack.users()["training-churn"]):
+    with as_user(stack.users()["training-churn"], stack.url):
         client = mlflow.MlflowClient(stack.url)
         experiment = client.get_experiment_by_name("churn").experiment_id
         run = client.create_run(experiment)
-        mlflow.set_tracking_uri(stack.url)
         with mlflow.start_run(run_id=run.info.run_id):
             # Declared requirements: inferring them imports the model in a subprocess (slow, and beside the point).
             logged = mlflow.sklearn.log_model(model, name="model", input_example=x[:2],
@@ -257,8 +261,7 @@ def test_serving_reads_its_model_and_cannot_register_one(stack: Stack, champion:
     import mlflow
     import numpy as np
 
-    with as_user(stack.users()["serving-churn"]):
-        mlflow.set_tracking_uri(stack.url)
+    with as_user(stack.users()["serving-churn"], stack.url):
         model = mlflow.pyfunc.load_model("models:/churn@champion")  # the alias, then the files under the run
         assert model.predict(np.array([[0.9, 0.1, 0.1]])).tolist() in ([0], [1])
         client = mlflow.MlflowClient(stack.url)
@@ -276,8 +279,7 @@ def test_monitoring_reads_the_model_and_writes_only_its_experiment(stack: Stack,
 
     with as_user(stack.admin()):
         elsewhere = mlflow.MlflowClient(stack.url).create_experiment(f"elsewhere-{uuid.uuid4().hex[:6]}")
-    with as_user(stack.users()["monitoring-churn"]):
-        mlflow.set_tracking_uri(stack.url)
+    with as_user(stack.users()["monitoring-churn"], stack.url):
         client = mlflow.MlflowClient(stack.url)
         assert mlflow.pyfunc.load_model("models:/churn@champion") is not None
         run = client.create_run(client.get_experiment_by_name("monitoring/churn").experiment_id)

@@ -269,6 +269,9 @@ def test_monitor_in_the_cluster_creates_the_job_instead_of_training(
     monkeypatch.setenv("MLOPS_RETRAIN_JOBS_DIR", str(jobs))
     monkeypatch.setenv("MLOPS_KUBE_API", url)
     monkeypatch.setenv("MLOPS_KUBE_TOKEN_DIR", str(token))
+    # An earlier test's retraining may have promoted v2 (its data is the reference + its captures):
+    # this one judges against the fixture's champion and its 1,500-row dataset.
+    env.mlflow_client().set_registered_model_alias(MODEL, "champion", champion["version"])
     shifted = generate(400, seed=31, shift=1.0)
     labels = capture(env, "in-cluster", shifted, champion["model"], champion["version"], labels_dir=tmp_path)
     versions = _versions(env)
