@@ -23,7 +23,14 @@ from components.backup_config import (
     SNAPSHOT_ID,
     BackupConfig,
 )
-from workloads.settings import SNS_TOPIC_ARN, MonitorSettings, ServeSettings, TrainSettings, contract_field
+from workloads.settings import (
+    SNS_TOPIC_ARN,
+    MonitorSettings,
+    RolloutMode,
+    ServeSettings,
+    TrainSettings,
+    contract_field,
+)
 
 PROJECT = "mlops-platform"
 
@@ -262,6 +269,19 @@ class Replicas(_Section):
         return self
 
 
+class Rollout(_Section):
+    """A `challenger` beside the champion (workloads/serving/rollout.py); the monitor promotes or rolls it back."""
+
+    mode: RolloutMode = contract_field(ServeSettings, "rollout")
+    weight: float = contract_field(ServeSettings, "canary_weight")  # canary only: the challenger's share
+
+    @model_validator(mode="after")
+    def _weight_for_canary(self) -> Rollout:
+        if "weight" in self.model_fields_set and self.mode != "canary":
+            raise ValueError(f"weight: {self.weight} applies to mode canary only (mode is {self.mode!r})")
+        return self
+
+
 class ServingEndpoint(_Section):
     name: cv.EndpointName
     # Keys that become `mlops serve` settings take their default and bounds from the contract.
@@ -288,6 +308,7 @@ class ServingEndpoint(_Section):
     monitor_labels: Annotated[bool | str, PlainValidator(_labels_source)] = True
     # Bumping this rolls the Deployment (the alias is resolved at start-up).
     model_version: cv.VersionText | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
+    rollout: Rollout = Rollout()
 
 
 class ServingConfig(_Section):

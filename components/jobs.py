@@ -129,6 +129,8 @@ def monitor_settings(env: EnvironmentConfig, endpoint: ServingEndpoint, capture_
         min_rows=cfg.min_rows, drift_share=cfg.drift_share, psi_threshold=cfg.psi_threshold,
         metric_drop=cfg.metric_drop, cooldown_hours=cfg.cooldown_hours,
         alert_webhook=cfg.alert_webhook, alert_sns_topic_arn=cfg.alert_sns_topic_arn,
+        # The monitor compares champion and challenger only for an endpoint with a rollout.
+        **({"rollout": endpoint.rollout.mode} if endpoint.rollout.mode != "none" else {}),
     )
 
 

@@ -62,7 +62,16 @@ def serve_settings(endpoint: ServingEndpoint) -> ServeSettings:
                          max_request_rows=endpoint.max_request_rows, max_body_bytes=endpoint.max_body_bytes,
                          max_decoded_bytes=endpoint.max_decoded_bytes,
                          max_concurrent_requests=endpoint.max_concurrent_requests,
-                         pickle_allowed=endpoint.pickle_allowed)
+                         pickle_allowed=endpoint.pickle_allowed, **rollout_settings(endpoint))
+
+
+def rollout_settings(endpoint: ServingEndpoint) -> dict[str, Any]:
+    """`--rollout` (and, for a canary, `--canary-weight`) only when the endpoint has a rollout: an endpoint
+    without one renders exactly as before."""
+    mode = endpoint.rollout.mode
+    if mode == "none":
+        return {}
+    return {"rollout": mode, **({"canary_weight": endpoint.rollout.weight} if mode == "canary" else {})}
 
 
 def auth_secret_name(endpoint: ServingEndpoint) -> str:

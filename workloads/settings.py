@@ -26,6 +26,9 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # registered model names, aliases,
 SNS_TOPIC_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 # The address a serving pod listens on: every interface, so the Service and the probes reach it.
 POD_HOST = "0.0.0.0"
+# How an endpoint runs a `challenger` beside its champion (workloads/serving/rollout.py, monitoring/rollout.py).
+RolloutMode = Literal["none", "shadow", "canary"]
+CHALLENGER_ALIAS = "challenger"
 
 
 class Settings(BaseModel):
@@ -85,6 +88,9 @@ class ServeSettings(Settings):
     poll_seconds: float = Field(30.0, ge=0, description="Check the alias this often; 0 disables.")
     bootstrap_poll_seconds: float = Field(5.0, gt=0, le=3600,
                                           description="Registry polling while the alias does not resolve.")
+    rollout: RolloutMode = Field("none", description="none, shadow (the challenger alias also scores every batch, "
+                                 "off the response path) or canary (it answers --canary-weight of requests).")
+    canary_weight: float = Field(0.1, ge=0, le=1, description="Canary: share of requests the challenger answers.")
 
     @property
     def endpoint(self) -> str:
@@ -120,6 +126,11 @@ class MonitorSettings(Settings):
                                     description="A retraining lock older than this is taken over.")
     alert_webhook: str | None = Field(None, description="POST alerts (JSON) to this http(s) URL.")
     alert_sns_topic_arn: str | None = Field(None, pattern=SNS_TOPIC_ARN, description="Publish alerts to SNS.")
+    rollout: RolloutMode = Field("none", description="The endpoint's rollout: compare champion and challenger, "
+                                 "then promote or roll back the challenger.")
+    rollout_min_labelled_rows: int = Field(30, ge=1, description="Rollout: fewer labelled rows per version: wait.")
+    rollout_margin: float = Field(0.005, ge=0, le=1, description="Rollout: the challenger is promoted when its metric "
+                                  "beats the champion's by more than this; rolled back when the champion's beats it.")
 
     @field_validator("alert_webhook")
     @classmethod

@@ -73,7 +73,7 @@ def test_seven_inferred_schemas_become_the_signatures_one(model) -> None:
     assert len(schemas) == 7 and len({str(s.remove_metadata()) for s in schemas}) == 1
     names = [f.name for f in schemas[0]]
     assert names == ["x0", "x1", "x2", "n", "plan", "_request_id", "_row", "_ts", "_model_name", "_model_version",
-                     "_prediction", "_coerced"]
+                     "_prediction", "_coerced", "_shadow_version", "_shadow_prediction"]
     types = {f.name: f.type for f in schemas[0]}
     assert types["x0"] == pa.float64() and types["n"] == pa.int64() and types["plan"] == pa.large_string()
     assert types["_prediction"] == pa.float64() and types["_coerced"] == pa.bool_()

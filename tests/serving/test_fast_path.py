@@ -102,7 +102,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def record_batch(self, *args) -> bool:
+    def record_batch(self, *args, shadow=None) -> bool:
         self.calls.append(args)
         return True
 
@@ -116,7 +116,9 @@ def test_one_batch_of_mixed_shapes_predicts_like_the_model_in_process(small_mode
         inputs.append(small_model.fast.parse(bodies(frame.iloc[start:start + n])[shape]))
         start += n
     recorder = _Recorder()
-    results = predict_fast(_items(small_model, inputs), recorder)
+    results, scored = predict_fast(_items(small_model, inputs))
+    for s in scored:
+        s.record(recorder)
     expected = np.asarray(small_model.pyfunc.predict(frame.iloc[:start]))
     got = np.concatenate([value for ok, value in results])
     assert all(ok for ok, _ in results)
@@ -134,7 +136,9 @@ def test_a_failing_batch_falls_back_whole_and_captures_nothing(small_model):
     poison = small_model.fast.parse(b'{"dataframe_records": [{"x0": NaN, "x1": 1.0, "x2": 1.0, "n": 1, "plan": "pro"}]}')
     assert poison is not None
     recorder = _Recorder()
-    results = predict_fast(_items(small_model, [good, poison, good]), recorder)
+    results, scored = predict_fast(_items(small_model, [good, poison, good]))
+    for s in scored:
+        s.record(recorder)
     assert [ok for ok, _ in results] == [False] * 3
     assert all(isinstance(value, Fallback) for _, value in results)
     assert recorder.calls == []

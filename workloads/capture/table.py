@@ -1,8 +1,10 @@
 """Buffered capture records -> one Arrow table (and Parquet bytes), built in bulk.
 
 One row per scored input row: the model's input columns plus `_request_id`, `_row`, `_ts`
-(UTC), `_model_name`, `_model_version`, `_prediction` and `_coerced` (a value of the row did
-not fit its column and was nulled, cut or turned into text; schema.py). With the model's
+(UTC), `_model_name`, `_model_version` (the version that answered), `_prediction`, `_coerced` (a
+value of the row did not fit its column and was nulled, cut or turned into text; schema.py), and
+`_shadow_version`/`_shadow_prediction` (what a shadowed challenger answered for the row; null
+outside shadow mode, so an endpoint's files keep one schema whatever its rollout). With the model's
 `CaptureSchema` the columns and types are the signature's, whatever the requests held; without
 one (tensor inputs) they are inferred, normalised the same way. The flush runs beside the
 request path and shares its GIL, so nothing here spends Python work per row in the common
@@ -22,7 +24,8 @@ import pyarrow.parquet as pq
 
 from workloads.capture.schema import DEFAULT_MAX_CHARS, UTC_MICROS, CaptureSchema, conform, normalise
 
-META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction", "_coerced")
+META_COLUMNS = ("_request_id", "_row", "_ts", "_model_name", "_model_version", "_prediction", "_coerced",
+                "_shadow_version", "_shadow_prediction")
 # Small row groups and pages keep a reader's memory bounded: it decodes one page of one column at a
 # time, and a column chunk (a page's upper bound) stays under CHUNK_BYTES even at the string cap.
 ROW_GROUP_ROWS = 4096
@@ -43,6 +46,8 @@ class Record:
     model_version: str
     inputs: pd.DataFrame
     predictions: Any
+    shadow_version: str | None = None  # the challenger that scored the same rows in shadow mode
+    shadow_predictions: Any = None  # its answers; None when it failed or nothing was shadowed
 
     @property
     def rows(self) -> int:
@@ -72,8 +77,26 @@ def records_to_table(records: list[Record], schema: CaptureSchema | None = None,
         "_model_version": _constant_per_record([rec.model_version for rec in records], per_record),
         "_prediction": prediction,
         "_coerced": pa.array(coerced | cut | misfit),
+        **_shadow(records, schema.prediction if schema else pa.float64(), max_chars),
     }
     return pa.table(columns)
+
+
+def _shadow(records: list[Record], kind: pa.DataType, max_chars: int) -> dict[str, pa.Array]:
+    """`_shadow_version` and `_shadow_prediction`: per record the challenger's version and answers, or nulls.
+    The prediction column takes the champion's prediction type, so the schema never depends on the rollout."""
+    per_record = np.fromiter((rec.rows for rec in records), dtype="int64")
+    answered = [rec.shadow_version if rec.shadow_predictions is not None else None for rec in records]
+    if not any(answered):
+        return {"_shadow_version": pa.nulls(int(per_record.sum()), pa.large_string()),
+                "_shadow_prediction": pa.nulls(int(per_record.sum()), kind)}
+    versions = pa.array(answered, type=pa.large_string()).take(
+        np.repeat(np.arange(len(records), dtype="int64"), per_record))
+    parts = [_prediction_column(rec.shadow_predictions, rec.rows) if rec.shadow_predictions is not None
+             else np.full(rec.rows, None, dtype=object) for rec in records]
+    values = pd.Series([v for part in parts for v in part.tolist()], dtype=object)
+    prediction, _ = conform(values, kind, len(values), max_chars)
+    return {"_shadow_version": versions, "_shadow_prediction": prediction}
 
 
 def _inputs(inputs: pd.DataFrame, schema: CaptureSchema | None, max_chars: int

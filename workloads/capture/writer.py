@@ -103,14 +103,16 @@ class CaptureWriter:
         return self.record_batch([request_id], [len(inputs)], model_name, model_version, inputs, predictions, ts)
 
     def record_batch(self, request_ids: list[str], sizes: list[int], model_name: str, model_version: str,
-                     inputs: pd.DataFrame, predictions: Any, ts: datetime | None = None) -> bool:
+                     inputs: pd.DataFrame, predictions: Any, ts: datetime | None = None,
+                     shadow: tuple[str, Any] | None = None) -> bool:
         """Queue a micro-batch: `inputs` holds the requests' rows in order, `sizes[i]` of them for
-        `request_ids[i]`. False when the buffer is full and the batch was dropped."""
+        `request_ids[i]`; `shadow` is (challenger version, its answers or None) in shadow mode.
+        False when the buffer is full and the batch was dropped."""
         try:
             if sum(sizes) != len(inputs) or len(sizes) != len(request_ids):
                 raise ValueError(f"sizes {sum(sizes)} != {len(inputs)} input rows or ids != sizes")
             rec = Record(list(request_ids), list(sizes), ts or datetime.now(UTC), model_name, model_version,
-                         inputs, predictions)
+                         inputs, predictions, *(shadow or (None, None)))
             with self._lock:
                 if self.stats.buffered_rows + rec.rows > self.max_buffer_rows:
                     self.stats.records_dropped += rec.rows

@@ -6,8 +6,11 @@ observe: resolve `models:/<model>@<alias>` and its training data (reference.py);
   or of the wrong kind -> `data_integrity_failure`; else drift against the cached reference
   profiles (drift.py) and, with labels (labels.py), the champion's metric on the labelled rows
   (performance.py). Params, metrics, plots and the HTML report go to the run (report.py).
-act: alert on drift, decay or integrity failure (alerts.py; into the environment's workdir
-  when no webhook or SNS topic is set); retrain on drift or decay (retrain.py).
+  With a rollout (`--rollout shadow|canary`) also champion against challenger on the same window
+  (rollout.py).
+act: promote or roll back the challenger (rollout.py); alert on drift, decay, integrity failure or
+  a rollout decision (alerts.py; into the environment's workdir when no webhook or SNS topic is
+  set; the alert says which); retrain on drift or decay (retrain.py).
 Both steps run inside `monitoring_run` (run.py): the run ends FINISHED with its status only
 when both complete; any exception in either ends it FAILED and raises `MonitorError`.
 A completed run's figures then go to the Pushgateway when one is configured (export.py).
@@ -21,6 +24,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from workloads.environment import Environment
+from workloads.monitoring import rollout
 from workloads.monitoring.alerts import send_alert
 from workloads.monitoring.drift import DriftReport, DriftThresholds, compare
 from workloads.monitoring.export import push_run
@@ -35,7 +39,7 @@ from workloads.monitoring.reference import (
     resolve_champion,
 )
 from workloads.monitoring.report import log_report, metrics
-from workloads.monitoring.result import ALERTING, RETRAINING, MonitorResult
+from workloads.monitoring.result import ALERTING, RETRAINING, MonitorResult, RolloutOutcome
 from workloads.monitoring.retrain import retrain
 from workloads.monitoring.run import MonitoringRun, monitoring_run
 from workloads.monitoring.window import CapturedWindow, describe, load_window
@@ -85,18 +89,26 @@ def observe(settings: MonitorSettings, env: Environment, run: MonitoringRun, now
         result.reasons.append(f"{len(window)} captured rows in the window, below min_rows={settings.min_rows}")
     else:
         _compare(seen, settings, env)
+    if settings.rollout != "none":
+        result.rollout = (rollout.judge(run.client, settings, champ, window, seen.labelled, seen.profile)
+                          if result.status not in ("insufficient_data", "data_integrity_failure") else
+                          RolloutOutcome(mode=settings.rollout, decision="wait", reason=f"window is {result.status}"))
     result.report_uri = log_report(run.client, run.run_id, result, seen.profile, window.sample)
     run.client.log_batch(run.run_id, metrics=metrics(result, now))
     return seen
 
 
 def act(seen: Observed, settings: MonitorSettings, env: Environment) -> None:
-    """Alert and retrain on what `observe` found (only once its report is logged)."""
+    """Promote or roll back, alert and retrain on what `observe` found (only once its report is logged)."""
     result = seen.result
-    if result.status in ALERTING:
+    if result.rollout is not None:
+        rollout.apply(result.rollout, env.mlflow_client(), settings, env, result.run_id)
+    decided = bool(result.rollout and result.rollout.applied)
+    if result.status in ALERTING or decided:
         result.alert = send_alert(
             {"status": result.status, "endpoint": settings.endpoint, "model": settings.model,
-             "version": result.model_version, "reasons": result.reasons, "monitor_run_id": result.run_id},
+             "version": result.model_version, "reasons": result.reasons, "monitor_run_id": result.run_id,
+             **rollout.alert_fields(result)},
             workdir=env.workdir, webhook=settings.alert_webhook, sns_topic_arn=settings.alert_sns_topic_arn,
         )
     if result.status in RETRAINING:

@@ -42,6 +42,30 @@ class RetrainOutcome(BaseModel):
     error: str | None = None
 
 
+class VersionStats(BaseModel):
+    """One version's side of a rollout comparison (workloads/monitoring/rollout.py)."""
+
+    version: str
+    rows: int  # window rows it answered (shadow: scored)
+    labelled_rows: int
+    metric: float | None = None  # on its labelled rows; None below the minimum
+    drift_share: float | None = None  # share of features whose inputs drifted from the champion's reference
+
+
+class RolloutOutcome(BaseModel):
+    """What the monitor decided about the endpoint's challenger, and whether it was applied."""
+
+    mode: str
+    decision: Literal["promote", "roll_back", "wait", "none"]
+    reason: str
+    metric: str | None = None
+    champion: VersionStats | None = None
+    challenger: VersionStats | None = None
+    agreement: float | None = None  # shadow: share of rows where both answered the same class
+    applied: bool = False
+    note: str | None = None  # why a decision was not applied (lock held, cooldown)
+
+
 class MonitorResult(BaseModel):
     status: Status
     reasons: list[str]
@@ -56,6 +80,7 @@ class MonitorResult(BaseModel):
     performance: Performance | None = None
     alert: AlertOutcome | None = None
     retraining: RetrainOutcome | None = None
+    rollout: RolloutOutcome | None = None
     run_id: str
     experiment: str
     report_uri: str | None = None

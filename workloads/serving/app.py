@@ -14,6 +14,7 @@ Hostile input is bounded before it costs anything: API key (auth.py), then admis
 and bytes in flight, admission.py), then the body (size and time, asgi.py), then its decoded
 size and rows (limits.py) before a DataFrame exists; headers and idle connections at the
 connection (connection.py). Capture records the server's request id (asgi.request_ids).
+With `--rollout shadow|canary` a challenger serves beside the champion (rollout.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from workloads.capture.writer import CaptureWriter
 from workloads.serving.admission import Admission, Ticket
 from workloads.serving.asgi import read_body, request_headers, request_ids, send_answer
 from workloads.serving.auth import Credentials
-from workloads.serving.batching import MicroBatcher, is_frame
+from workloads.serving.batching import MicroBatcher
 from workloads.serving.connection import ConnectionLimits
 from workloads.serving.fast_path import Fallback
 from workloads.serving.limits import JsonMeter, RequestLimits
@@ -53,6 +54,7 @@ from workloads.serving.protocol import (
     predict_failed,
     response_json,
 )
+from workloads.serving.rollout import Rollout
 
 if TYPE_CHECKING:
     from workloads.environment import Environment
@@ -76,10 +78,15 @@ class ServingApp:
         self.connection_limits = ConnectionLimits.of(settings)  # read by connection.py's protocol
         self.metrics = Metrics(settings.endpoint, self.capture)
         self.holder.on_swap += [self.metrics.on_swap, _freeze_first_model]
-        if self.capture is not None:  # the served version's signature fixes its capture columns
-            self.holder.on_swap.append(self.capture.on_swap)
+        self.rollout = Rollout(settings, env, self.metrics) if settings.rollout != "none" else None
+        if self.rollout is not None:
+            self.rollout.holder.on_swap.append(self.metrics.on_swap)
+            self.rollout.holder.on_drop.append(self.metrics.on_drop)
+        for holder in self._holders():
+            if self.capture is not None:  # the served version's signature fixes its capture columns
+                holder.on_swap.append(self.capture.on_swap)
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.max_wait_ms, self.metrics.on_batch,
-                                    self.capture)
+                                    self.capture, self.rollout)
         self.routes = Starlette(routes=[
             Route("/ping", self.ping, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
@@ -146,9 +153,7 @@ class ServingApp:
             raise mlflow_error(e) from None
         except Exception:
             raise predict_failed() from None
-        if self.capture is not None and is_frame(data):
-            self.capture.record(request_id, model.name, model.version, data, predictions)
-        return response_json(predictions, unified)
+        return response_json(predictions, unified)  # captured by the batcher (what it scored)
 
     async def handle_invocations(self, scope: dict, receive: Any, send: Any) -> None:
         """/invocations over bare ASGI: headers and body in, `invocations()`, one response out."""
@@ -187,7 +192,14 @@ class ServingApp:
                                    self.settings.body_timeout_seconds, JsonMeter(limits).feed if json else None)
         except Reject as r:
             return r.answer
-        return await self.invocations(model, body, content_type, request_id, limits.metered() if json else limits)
+        limits = limits.metered() if json else limits
+        answering = self.rollout.answering(model, request_id) if self.rollout is not None else model
+        answer = await self.invocations(answering, body, content_type, request_id, limits)
+        if answering is not model and answer.status != 200 and self.rollout is not None:
+            self.rollout.canary_failed(answering, answer.status)  # a canary never adds a failure
+            answering, answer = model, await self.invocations(model, body, content_type, request_id, limits)
+        out[-1] = (b"x-model-version", answering.version.encode())
+        return answer
 
     # -- the other routes -----------------------------------------------------------------------
 
@@ -206,6 +218,7 @@ class ServingApp:
         m, s = self.holder.current, self.settings
         return {"model": s.model, "alias": s.alias, "version": m.version if m else None,
                 "run_id": m.run_id if m else None, "ready": m is not None, "endpoint": s.endpoint,
+                "rollout": self.rollout.info() if self.rollout is not None else {"mode": "none"},
                 "mlflow_version": VERSION, "pid": os.getpid()}
 
     async def version(self, request: Request) -> Response:
@@ -220,6 +233,8 @@ class ServingApp:
             return JSONResponse({"error_code": "PERMISSION_DENIED", "message": message}, status_code=status,
                                 headers={"WWW-Authenticate": 'Bearer realm="reload"'} if status == 401 else None)
         swapped = await self.holder.refresh()
+        if self.rollout is not None:
+            await self.rollout.holder.refresh()  # a promoted or rolled-back challenger is picked up too
         info = {**self.version_info(), "reloaded": swapped}
         if self.holder.current is None:
             reason = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": self.holder.not_ready_reason()}
@@ -232,9 +247,14 @@ class ServingApp:
 
     # -- lifespan -------------------------------------------------------------------------------
 
+    def _holders(self) -> list[ModelHolder]:
+        return [self.holder] + ([self.rollout.holder] if self.rollout is not None else [])
+
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         await self.holder.refresh()  # a missing model is not fatal: the endpoint starts not-ready
+        if self.rollout is not None:
+            await self.rollout.holder.refresh()  # nor a missing challenger: the champion serves alone
         gc.freeze()  # the imported libraries live as long as the worker (see _freeze_first_model)
         self.batcher.start()
         if self.capture is not None:
@@ -243,8 +263,11 @@ class ServingApp:
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[Any]] = {
             loop.create_task(self.holder.poll(self.settings.poll_seconds, self.settings.bootstrap_poll_seconds))}
+        if self.rollout is not None and self.settings.poll_seconds > 0:  # the challenger at the same pace
+            tasks.add(loop.create_task(self.rollout.holder.poll(self.settings.poll_seconds, self.settings.poll_seconds)))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not on the main thread: no SIGHUP
-            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.add(loop.create_task(self.holder.refresh())))
+            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.update(
+                loop.create_task(h.refresh()) for h in self._holders()))
         try:
             yield
         finally:

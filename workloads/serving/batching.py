@@ -4,6 +4,10 @@ While the predictor is busy the next batch forms, so an idle server adds no wait
 batched only with others for the same model version, path (fast or MLflow) and params; results
 are split back per request. A batch that fails is retried request by request so only the
 culprit fails (a failing fast batch falls back whole to the MLflow path, which does that).
+
+Capture records what the predictor scored (a frame, its output and whose rows they are) on the
+predictor thread. In shadow mode (rollout.py) the batch's answers are sent first; then the
+challenger scores the same frame on the same thread, and capture records both answers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 from workloads.serving.fast_path import Fallback, FastInput, batch_input
 from workloads.serving.model import LoadedModel
+from workloads.serving.rollout import Rollout
+from workloads.settings import CHALLENGER_ALIAS
 
 log = logging.getLogger("mlops.serve")
 Result = tuple[bool, Any]  # (True, predictions) or (False, the exception to raise)
@@ -71,31 +77,56 @@ def split(output: Any, sizes: list[int]) -> list[Any]:
     raise Unsplittable(type(output).__name__)
 
 
-def predict_group(group: list[Item], capture: Any = None) -> list[Result]:
-    """Predictor thread: one predict for the group, or one per request if that fails."""
+@dataclass(frozen=True)
+class Scored:
+    """A frame the predictor scored and whose rows it holds: what capture records (and a shadow re-scores)."""
+
+    model: LoadedModel
+    request_ids: list[str]
+    sizes: list[int]
+    frame: Any
+    output: Any
+
+    @classmethod
+    def of(cls, group: list[Item], frame: Any, output: Any) -> Scored:
+        return cls(group[0].model, [i.request_id for i in group], [i.rows for i in group], frame, output)
+
+    def record(self, capture: Any, shadow: tuple[str, Any] | None = None) -> None:
+        capture.record_batch(self.request_ids, self.sizes, self.model.name, self.model.version, self.frame,
+                             self.output, shadow=shadow)
+
+
+def predict_group(group: list[Item]) -> tuple[list[Result], list[Scored]]:
+    """Predictor thread: one predict for the group, or one per request if that fails; and the frames scored."""
     import pandas as pd
 
     if isinstance(group[0].data, FastInput):
-        return predict_fast(group, capture)
+        return predict_fast(group)
     model, params = group[0].model, group[0].params
     if len(group) > 1:
         try:
             batch = pd.concat([i.data for i in group], ignore_index=True)
-            return [(True, out) for out in split(model.predict_validated(batch, params), [i.rows for i in group])]
+            output = model.predict_validated(batch, params)
+            results: list[Result] = [(True, out) for out in split(output, [i.rows for i in group])]
+            return results, [Scored.of(group, batch, output)]
         except Exception:
             log.info("batched predict of %d requests failed; retrying one by one", len(group), exc_info=True)
-    results: list[Result] = []
+    results, scored = [], []
     for item in group:
         try:
-            results.append((True, model.predict_validated(item.data, item.params)))
+            output = model.predict_validated(item.data, item.params)
         except Exception as exc:
             results.append((False, exc))
-    return results
+            continue
+        results.append((True, output))
+        if is_frame(item.data):
+            scored.append(Scored.of([item], item.data, output))
+    return results, scored
 
 
-def predict_fast(group: list[Item], capture: Any) -> list[Result]:
-    """Predictor thread: one DataFrame, one MLflow schema enforcement and one predict for a fast group;
-    captured whole. Any failure sends every request of the group to the MLflow path."""
+def predict_fast(group: list[Item]) -> tuple[list[Result], list[Scored]]:
+    """Predictor thread: one DataFrame, one MLflow schema enforcement and one predict for a fast group.
+    Any failure sends every request of the group to the MLflow path."""
     model, sizes = group[0].model, [i.rows for i in group]
     try:
         frame, params = batch_input(model, [i.data for i in group])
@@ -103,21 +134,21 @@ def predict_fast(group: list[Item], capture: Any) -> list[Result]:
         pieces = split(output, sizes)
     except Exception:
         log.debug("fast batch of %d requests failed; falling back to the MLflow path", len(group), exc_info=True)
-        return [(False, Fallback())] * len(group)
-    if capture is not None:
-        capture.record_batch([i.request_id for i in group], sizes, model.name, model.version, frame, output)
-    return [(True, p) for p in pieces]
+        return [(False, Fallback())] * len(group), []
+    return [(True, p) for p in pieces], [Scored.of(group, frame, output)]
 
 
 class MicroBatcher:
     """Coalesces concurrent requests into batched predict calls on one predictor thread."""
 
     def __init__(self, max_batch_rows: int, max_wait_ms: float,
-                 on_batch: Callable[[int, int], None] | None = None, capture: Any = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, capture: Any = None,
+                 rollout: Rollout | None = None) -> None:
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch  # callback(rows, requests) for metrics
-        self.capture = capture  # fast batches are captured whole, by the predictor thread
+        self.capture = capture  # what the predictor thread scored is captured by it, a batch at a time
+        self.rollout = rollout  # shadow mode: the challenger re-scores each batch after its answers are sent
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         # One thread: numpy/sklearn are fastest without contention, and the event loop keeps parsing.
@@ -173,10 +204,14 @@ class MicroBatcher:
                 await self._predict(group)
 
     async def _predict(self, group: list[Item]) -> None:
-        """One group on the predictor thread; every request's future gets its result or exception."""
+        """One group on the predictor thread; every request's future gets its result or exception.
+        A shadowed group is then scored by the challenger (its answers are on their way meanwhile)."""
         loop = asyncio.get_running_loop()
+        shadow = self.rollout.shadowing() if self.rollout is not None and group[0].model.alias != CHALLENGER_ALIAS \
+            else None
+        scored: list[Scored] = []
         try:
-            results = await loop.run_in_executor(self._executor, predict_group, group, self.capture)
+            results, scored = await loop.run_in_executor(self._executor, self._score, group, shadow is None)
         except Exception as exc:  # pragma: no cover - predict_group catches per item
             results = [(False, exc)] * len(group)
         if self.on_batch:
@@ -188,3 +223,22 @@ class MicroBatcher:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+        if shadow is not None and scored:
+            # Shielded: stopping the batcher must not cancel a shadow (and its capture) not yet started.
+            await asyncio.shield(loop.run_in_executor(self._executor, self._shadow, shadow, scored))
+
+    def _score(self, group: list[Item], capture_now: bool) -> tuple[list[Result], list[Scored]]:
+        """Predictor thread: the group's results; captured now unless a shadow will capture it."""
+        results, scored = predict_group(group)
+        if capture_now and self.capture is not None:
+            for s in scored:
+                s.record(self.capture)
+        return results, scored
+
+    def _shadow(self, challenger: LoadedModel, scored: list[Scored]) -> None:
+        """Predictor thread: the challenger's answers on the frames the champion scored, captured beside its own."""
+        assert self.rollout is not None
+        for s in scored:
+            output = self.rollout.shadow_predict(challenger, s.frame)
+            if self.capture is not None:
+                s.record(self.capture, (challenger.version, output))

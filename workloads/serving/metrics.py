@@ -40,6 +40,9 @@ class Metrics:
         paths = Counter("mlops_serving_path_requests", "Scoring requests by path: fast (batch-parsed) or mlflow "
                         "(MLflow's per-request parsing)", ["path"], registry=r)
         self.fast_path, self.mlflow_path = paths.labels("fast"), paths.labels("mlflow")
+        self._rollout = Counter("mlops_serving_rollout_events", "Rollout events: canary (answered by the "
+                                "challenger), canary_fallback, shadow (batches scored), shadow_failed", ["event"],
+                                registry=r)
         self._by_status: dict[int, Any] = {}
         # The capture writer's own counts, synced into the registry every second and at each scrape.
         self.bridge = prometheus.capture_bridge(r, capture) if capture is not None else None
@@ -50,6 +53,13 @@ class Metrics:
             counter = self._by_status[status] = self.requests.labels(str(status))
         counter.inc()
         self.latency.observe(seconds)
+
+    def rollout_event(self, event: str) -> None:
+        self._rollout.labels(event).inc()
+
+    def on_drop(self, old: LoadedModel) -> None:
+        """An optional alias (a rollout's challenger) was deleted: its version is no longer served."""
+        self.model_info.labels(old.name, old.alias, old.version).set(0)
 
     def on_batch(self, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)

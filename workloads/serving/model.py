@@ -3,6 +3,8 @@
 `ModelHolder` resolves `models:/<name>@<alias>` through the environment's registry, loads the
 version it points at and swaps it in atomically (in-flight requests keep theirs). Until the
 alias resolves the endpoint is not ready; `poll` keeps asking, then follows alias moves.
+An `optional` holder (a rollout's challenger, rollout.py) also lets its version go when the alias
+is deleted: the endpoint then serves the champion alone.
 """
 
 from __future__ import annotations
@@ -81,13 +83,16 @@ Swap = Callable[[LoadedModel | None, LoadedModel], None]
 class ModelHolder:
     """The version being served; swapped atomically when the alias moves (in-flight requests keep theirs)."""
 
-    def __init__(self, name: str, alias: str, env: Environment, pickle_allowed: bool = False) -> None:
+    def __init__(self, name: str, alias: str, env: Environment, pickle_allowed: bool = False,
+                 optional: bool = False) -> None:
         self.name = name
         self.alias = alias
         self.pickle_allowed = pickle_allowed  # loading.py: pickle-based models refused unless allowed
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.on_swap: list[Swap] = []  # called on the event loop after each swap
+        self.optional = optional
+        self.on_drop: list[Callable[[LoadedModel], None]] = []  # an optional alias was deleted
         self._env = env
         self._registry: Any = None  # MlflowClient, created on first use (importing mlflow is slow)
         self._lock = asyncio.Lock()  # one resolve/load at a time
@@ -118,6 +123,8 @@ class ModelHolder:
                     return False
                 loaded = await asyncio.to_thread(self._load, version, run_id)
             except Exception as exc:  # registry down or alias not set yet: keep serving what we have
+                if self.optional and _alias_missing(exc):
+                    self._drop()
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 log.warning("models:/%s@%s not loaded: %s", self.name, self.alias, self.last_error)
                 return False
@@ -127,6 +134,13 @@ class ModelHolder:
             for callback in self.on_swap:
                 callback(old, loaded)
             return True
+
+    def _drop(self) -> None:
+        old, self.current = self.current, None
+        if old is not None:
+            log.info("models:/%s@%s no longer resolves: version %s unloaded", self.name, self.alias, old.version)
+            for callback in self.on_drop:
+                callback(old)
 
     async def poll(self, poll_seconds: float, bootstrap_poll_seconds: float) -> None:
         """Until the alias resolves, poll every `bootstrap_poll_seconds`; then follow alias moves every
@@ -139,3 +153,8 @@ class ModelHolder:
             else:
                 return
             await self.refresh()
+
+
+def _alias_missing(exc: Exception) -> bool:
+    """The registry answered that the alias (or the model) does not exist, as opposed to not answering."""
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
