@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.serving                    # 30 s per cell, 2 workers
     .venv/bin/python -m benchmarks.serving --quick            # 2 s per cell, 1-row requests only
     .venv/bin/python -m benchmarks.serving --capture-cost     # in process: capture's flush cost per row only
+    .venv/bin/python -m benchmarks.serving --rollout shadow   # single-model vs shadow mode, both capturing
 
 One registered model (scaler + one-hot + logistic regression on 20 numeric and 1 categorical
 feature) on a throwaway local stack, served by (a) `mlops serve` with capture, (b) `mlops serve`
@@ -14,6 +15,10 @@ and issue 7's targets; checks the three servers answer byte-identically. The ser
 cached profile bins (as after a first monitoring run), so capture writes its summaries too.
 
 Capture's flush cost per row is measured in process too (benchmarks/capture_cost.py).
+
+`--rollout shadow` instead serves the model with capture alone and with `--rollout shadow` (a second
+version, aliased `challenger`, scores every batch after its answers are sent), side by side, and
+checks issue 15's target: p99 at concurrency 8 within 1.5x of single-model serving.
 """
 
 from __future__ import annotations
@@ -110,7 +115,7 @@ def start(kind: str, name: str, workers: int, stack: Environment, log: Path) -> 
     else:
         cmd = [str(BIN / "mlops"), "serve", "--model", name, "--workers", str(workers), "--port", str(port),
                "--workdir", str(stack.workdir), "--endpoint-name", f"bench-{kind.replace('+', '-')}", "--poll-seconds", "0",
-               "--capture" if kind == "ours+capture" else "--no-capture"]
+               "--no-capture" if kind == "ours" else "--capture", *(["--rollout", "shadow"] if kind == "shadow" else [])]
     # A new session: stopping the stock server's uvicorn means its whole process group.
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per cell, 1-row requests at concurrency 8 and 32")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--capture-cost", action="store_true", help="only capture's flush cost, in process")
+    parser.add_argument("--rollout", choices=["shadow"], help="single-model vs shadow serving (both capturing)")
     args = parser.parse_args(argv)
     if args.capture_cost:
         print(describe(["pandas", "numpy", "pyarrow"]))
@@ -234,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from workloads.devstack.stack import LocalStack
 
+    if args.rollout:
+        return shadow_cost(args.workers, duration, cells)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmpdir:
         tmp = Path(tmpdir)
         stack = LocalStack(tmp / "stack")
@@ -309,6 +317,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"results": results, "identical": identical}, indent=2))
     return 0 if identical else 1
+
+
+def shadow_cost(workers: int, duration: float, cells: list[tuple[int, int]]) -> int:
+    """Single-model serving vs shadow mode (both with capture), each cell measured back to back."""
+    from workloads.devstack.stack import LocalStack
+
+    results: dict[tuple[str, int, int], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmpdir:
+        tmp = Path(tmpdir)
+        stack = LocalStack(tmp / "stack")
+        procs = []
+        try:
+            env = Environment(stack.up(timeout=180), tmp / "stack")
+            name = "bench-serving"
+            version, _ = register(env, name)
+            challenger, _ = register(env, name)  # the same pipeline again: a second version to shadow with
+            env.mlflow_client().set_registered_model_alias(name, "champion", version)
+            env.mlflow_client().set_registered_model_alias(name, "challenger", challenger)
+            flush.cache_bins(env, name, version)
+            urls = {}
+            for kind in ("ours+capture", "shadow"):
+                proc, urls[kind] = start(kind, name, workers, env, tmp / f"{kind}.log")
+                procs.append(proc)
+                wrk(urls[kind], body_for(1), 32, min(3, duration), tmp)  # warm-up
+            for rows, conc in cells:
+                for kind, url in urls.items():
+                    results[(kind, rows, conc)] = wrk(url, body_for(rows), conc, duration, tmp)
+            shadowed = httpx.get(f"{urls['shadow']}/metrics").text
+        finally:
+            for proc in procs:
+                stop(proc)
+            stack.down(snapshot=False)
+    print(f"\n{'server':14s} {'rows':>5s} {'conc':>5s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} {'errors':>7s}")
+    for (kind, rows, conc), r in results.items():
+        print(f"{kind:14s} {rows:5d} {conc:5d} {r['rps']:10.1f} {r['p50_ms']:9.2f} {r['p99_ms']:9.2f} {r['errors']:7d}")
+    events = re.findall(r'mlops_serving_rollout_events_total\{event="(\w+)"[^}]*\} ([\d.e+]+)', shadowed)
+    print("shadow events (challenger batches scored / failed):", {k: float(v) for k, v in events} or "none")
+    single, shadow = results[("ours+capture", 1, 8)], results[("shadow", 1, 8)]
+    ratio = shadow["p99_ms"] / single["p99_ms"]
+    met = ratio <= 1.5 and not any(r["errors"] for r in results.values())
+    print(f"target {'met    ' if met else 'NOT met'}  1-row p99 at concurrency 8 in shadow mode <= 1.5x single-model: "
+          f"{shadow['p99_ms']:.1f} vs {single['p99_ms']:.1f} ms ({ratio:.2f}x), errors "
+          f"{sum(r['errors'] for r in results.values())}")
+    return 0
 
 
 if __name__ == "__main__":

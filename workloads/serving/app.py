@@ -55,6 +55,7 @@ from workloads.serving.protocol import (
     response_json,
 )
 from workloads.serving.rollout import Rollout
+from workloads.serving.shadow import ShadowQueue
 
 if TYPE_CHECKING:
     from workloads.environment import Environment
@@ -85,8 +86,10 @@ class ServingApp:
         for holder in self._holders():
             if self.capture is not None:  # the served version's signature fixes its capture columns
                 holder.on_swap.append(self.capture.on_swap)
+        shadow = ShadowQueue(self.rollout, self.capture, settings.max_batch_rows) \
+            if self.rollout is not None and self.rollout.mode == "shadow" else None
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.max_wait_ms, self.metrics.on_batch,
-                                    self.capture, self.rollout)
+                                    self.capture, shadow)
         self.routes = Starlette(routes=[
             Route("/ping", self.ping, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),

@@ -6,8 +6,8 @@ are split back per request. A batch that fails is retried request by request so 
 culprit fails (a failing fast batch falls back whole to the MLflow path, which does that).
 
 Capture records what the predictor scored (a frame, its output and whose rows they are) on the
-predictor thread. In shadow mode (rollout.py) the batch's answers are sent first; then the
-challenger scores the same frame on the same thread, and capture records both answers.
+predictor thread. In shadow mode the batch's answers are sent first; its frames then wait for the
+challenger (shadow.py), which captures them with both answers.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workloads.serving.fast_path import Fallback, FastInput, batch_input
 from workloads.serving.model import LoadedModel
-from workloads.serving.rollout import Rollout
-from workloads.settings import CHALLENGER_ALIAS
+
+if TYPE_CHECKING:
+    from workloads.serving.shadow import ShadowQueue
 
 log = logging.getLogger("mlops.serve")
 Result = tuple[bool, Any]  # (True, predictions) or (False, the exception to raise)
@@ -143,26 +144,32 @@ class MicroBatcher:
 
     def __init__(self, max_batch_rows: int, max_wait_ms: float,
                  on_batch: Callable[[int, int], None] | None = None, capture: Any = None,
-                 rollout: Rollout | None = None) -> None:
+                 shadow: ShadowQueue | None = None) -> None:
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch  # callback(rows, requests) for metrics
         self.capture = capture  # what the predictor thread scored is captured by it, a batch at a time
-        self.rollout = rollout  # shadow mode: the challenger re-scores each batch after its answers are sent
+        self.shadow = shadow  # shadow mode: the challenger scores the frames after their answers are sent
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         # One thread: numpy/sklearn are fastest without contention, and the event loop keeps parsing.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._task: asyncio.Task | None = None
+        self._shadow_task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._shadow_task = loop.create_task(self.shadow.run(self._executor)) if self.shadow is not None else None
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._shadow_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.shadow is not None:
+            await self.shadow.flush(self._executor)  # what still waits for the challenger is captured too
         self._executor.shutdown(wait=True)
 
     async def predict(self, model: LoadedModel, data: Any, params: dict | None, request_id: str = "") -> Any:
@@ -207,11 +214,10 @@ class MicroBatcher:
         """One group on the predictor thread; every request's future gets its result or exception.
         A shadowed group is then scored by the challenger (its answers are on their way meanwhile)."""
         loop = asyncio.get_running_loop()
-        shadow = self.rollout.shadowing() if self.rollout is not None and group[0].model.alias != CHALLENGER_ALIAS \
-            else None
+        shadowed = self.shadow is not None and self.shadow.takes(group)
         scored: list[Scored] = []
         try:
-            results, scored = await loop.run_in_executor(self._executor, self._score, group, shadow is None)
+            results, scored = await loop.run_in_executor(self._executor, self._score, group, not shadowed)
         except Exception as exc:  # pragma: no cover - predict_group catches per item
             results = [(False, exc)] * len(group)
         if self.on_batch:
@@ -223,9 +229,8 @@ class MicroBatcher:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
-        if shadow is not None and scored:
-            # Shielded: stopping the batcher must not cancel a shadow (and its capture) not yet started.
-            await asyncio.shield(loop.run_in_executor(self._executor, self._shadow, shadow, scored))
+        if shadowed and self.shadow is not None and scored:
+            await self.shadow.add(scored, self._executor)
 
     def _score(self, group: list[Item], capture_now: bool) -> tuple[list[Result], list[Scored]]:
         """Predictor thread: the group's results; captured now unless a shadow will capture it."""
@@ -234,11 +239,3 @@ class MicroBatcher:
             for s in scored:
                 s.record(self.capture)
         return results, scored
-
-    def _shadow(self, challenger: LoadedModel, scored: list[Scored]) -> None:
-        """Predictor thread: the challenger's answers on the frames the champion scored, captured beside its own."""
-        assert self.rollout is not None
-        for s in scored:
-            output = self.rollout.shadow_predict(challenger, s.frame)
-            if self.capture is not None:
-                s.record(self.capture, (challenger.version, output))

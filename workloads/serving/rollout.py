@@ -4,8 +4,8 @@ With a rollout the endpoint also follows `models:/<name>@challenger` (an optiona
 the alias is unset, or once the monitor deletes it, the champion serves alone; a promotion moves
 `champion` to the challenger's version, which the champion holder picks up on its next reload).
 
-- shadow: the champion answers every request; the micro-batcher then scores the same batch with
-  the challenger after the answers are sent (batching.py), and capture records both answers
+- shadow: the champion answers every request; after the answers are sent the challenger scores
+  the same frames, several batches in one call (shadow.py), and capture records both answers
   (`_shadow_version`, `_shadow_prediction`). A challenger failure is counted and logged, never
   an error to the client.
 - canary: a request whose server request id hashes below `--canary-weight` is answered by the
