@@ -126,3 +126,26 @@ def test_capture_keeps_one_schema_with_and_without_a_shadow() -> None:
     assert tables[2]["_shadow_version"].to_pylist() == [None] * 3  # the challenger failed: nothing to compare
     mixed = records_to_table([plain, shadowed])
     assert mixed["_shadow_prediction"].to_pylist() == [None] * 3 + [0.9, 0.8, 0.7]
+
+
+@pytest.mark.parametrize("rollout", [{"mode": "shadow"}, {"mode": "canary", "weight": 0.25}])
+def test_rendered_rollout_arguments_parse_through_the_cli(rollout: dict) -> None:
+    """The stack key renders into `mlops serve` and `mlops monitor` arguments the real CLI accepts."""
+    from typer.testing import CliRunner
+
+    from components.config_sections import ServingEndpoint
+    from components.jobs import labels_source
+    from components.serving import serve_settings
+    from workloads.cli import app
+    from workloads.settings import MonitorSettings, to_args
+
+    endpoint = ServingEndpoint.model_validate({"name": "churn", "model": "churn", "rollout": rollout})
+    monitor_args = to_args(MonitorSettings(endpoint="churn", model="churn", labels=labels_source(endpoint, "c"),
+                                           rollout=endpoint.rollout.mode))
+    for command, args in (("serve", to_args(serve_settings(endpoint))), ("monitor", monitor_args)):
+        result = CliRunner().invoke(app, ["--check", command, *args])
+        assert result.exit_code == 0, result.output
+        settings = json.loads(result.stdout.strip().splitlines()[-1])["settings"]
+        assert settings["rollout"] == rollout["mode"]
+        if command == "serve":
+            assert settings["canary_weight"] == rollout.get("weight", 0.1)
