@@ -117,9 +117,11 @@ def batch_input(model: LoadedModel, inputs: list[FastInput]) -> tuple[pd.DataFra
     import pandas as pd
     from mlflow.utils.proto_json_utils import cast_df_types_according_to_schema
 
+    from workloads.serving.protocol import with_missing
+
     if model.fast is None:  # FastInput only comes from model.fast.parse
         raise RuntimeError(f"{model.name} v{model.version}: fast-path batch for a model without a fast schema")
     names = model.fast.names
     merged = {n: [v for data in inputs for v in data.columns[i]] for i, n in enumerate(names)}
     frame = cast_df_types_according_to_schema(pd.DataFrame(merged, columns=list(names)), model.input_schema)
-    return model.validate(frame, None)
+    return model.validate(with_missing(frame), None)  # `""` is missing here too (protocol.with_missing)

@@ -85,23 +85,55 @@ def parse_request(body: bytes, content_type: str | None, model: LoadedModel, lim
                 raise MlflowInvalidInputException(
                     f"Ensure that input is a valid UTF-8 encoded string. Error: '{ex!r}'"
                 ) from ex
-            return ss.parse_csv_input(csv_input=StringIO(text), schema=model.input_schema), None, False
+            return with_missing(ss.parse_csv_input(csv_input=StringIO(text), schema=model.input_schema)), None, False
         if mime_type == ss.CONTENT_TYPE_JSON:
             if payload is None:
                 payload = limits.json_payload(body)
             # A decoded object is parsed as is; anything else again from the bytes, for MLflow's message.
-            parsed = ss._parse_json_data(payload if isinstance(payload, dict) else body, model.pyfunc.metadata,
-                                         model.input_schema)
-            return parsed.data, parsed.params, parsed.is_unified_llm_input
+            parsed = ss._parse_json_data(_as_frame_payload(payload, model) if isinstance(payload, dict) else body,
+                                         model.pyfunc.metadata, model.input_schema)
+            return with_missing(parsed.data), parsed.params, parsed.is_unified_llm_input
         if mime_type == ss.CONTENT_TYPE_PARQUET:
             limits.check_parquet(body)
-            return ss.parse_parquet_input(parquet_input=BytesIO(body)), None, False
+            return with_missing(ss.parse_parquet_input(parquet_input=BytesIO(body))), None, False
     except (MlflowException, Reject):
         raise
     except Exception as exc:  # anything else a parser raises is still the payload's fault
         # error_code takes the proto enum: the string "BAD_REQUEST" would turn into a 500.
         raise MlflowException(f"Failed to parse the request body: {exc}", error_code=BAD_REQUEST) from None
     raise unsupported_type(content_type)
+
+
+def with_missing(data: Any) -> Any:
+    """A parsed DataFrame with `null`/None/NaN/"" as the NaN training imputes (workloads/data/missing.py:
+    one definition of missing on both paths); anything else (tensors, LLM input) as it is."""
+    import pandas as pd
+
+    from workloads.data import missing
+
+    return missing.normalized(data) if isinstance(data, pd.DataFrame) else data
+
+
+def _as_frame_payload(payload: dict, model: LoadedModel) -> dict:
+    """`inputs`/`instances` holding a `null` as `dataframe_split`/`dataframe_records`, for a model of named
+    scalar columns: MLflow turns those shapes into arrays of the schema's type, so a `null` in a text column
+    would reach the model as the string "None", a category training never saw (measured: 10 of 300 rows
+    answered differently). Every other payload is left exactly to MLflow."""
+    key = next((k for k in ("inputs", "instances") if k in payload), None)
+    value = payload.get(key) if key else None
+    if model.fast is None or not value:
+        return payload
+    rest = {k: v for k, v in payload.items() if k != key}
+    if type(value) is dict:
+        columns = list(value.values())
+        if (all(type(v) is list for v in columns) and len({len(v) for v in columns}) == 1
+                and any(x is None for v in columns for x in v)):
+            rows = [list(row) for row in zip(*columns, strict=True)]
+            return {**rest, "dataframe_split": {"columns": list(value), "data": rows}}
+    elif type(value) is list and all(type(r) is dict for r in value) and any(
+            x is None for r in value for x in r.values()):
+        return {**rest, "dataframe_records": value}
+    return payload
 
 
 def _checked_mime_type(content_type: str) -> str:

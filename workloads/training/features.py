@@ -9,6 +9,9 @@ model nothing that holds for new rows. A column is identifier-like when
   (and more than MIN_DISTINCT distinct values: a small table's few categories are not judged).
 Numeric columns are judged by name only: amounts and measurements are distinct by nature.
 `id_columns.action: drop` (default) drops them with a message; `refuse` stops with exit 2.
+
+`frame` is what the model fits and is scored on: the feature columns with missing values as
+serving sees them (workloads/data/missing.py, the one definition of missing on both paths).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 
 import pandas as pd
 
+from workloads.data import missing
 from workloads.data.schema import kind_of
 from workloads.training.errors import SpecError
 from workloads.training.spec import TrainingSpec
@@ -50,3 +54,9 @@ def select(df: pd.DataFrame, spec: TrainingSpec) -> tuple[list[str], dict[str, s
         raise SpecError(f"id_columns: identifier-like feature column(s) {listed}; add them to exclude, or set "
                         "id_columns.action: drop")
     return [c for c in candidates if c not in flagged], flagged
+
+
+def frame(df: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
+    """The feature columns the model fits on, `null`/None/NaN/"" all as NaN: exactly what serving hands
+    the model for the same row, so the imputers treat a missing category the same way on both paths."""
+    return missing.normalized(df[chosen])

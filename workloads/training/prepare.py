@@ -95,11 +95,12 @@ def prepare(spec: TrainingSpec, env: Environment, data: pd.DataFrame | None = No
     roles = partition.roles(df, spec.target, classification=target.task == "classification", seed=spec.seed,
                             holdout_fraction=spec.holdout_fraction)
     trained = roles.isin(partition.TRAINED).to_numpy()
+    X = features.frame(plain, chosen)
     return Prepared(
         df=df, schema=schema, schema_is_new=schema_is_new, digest=dataset.digest(df), target=target,
-        dropped=dropped, X_train=plain.loc[trained, chosen], y_train=plain.loc[trained, spec.target],
+        dropped=dropped, X_train=X.loc[trained], y_train=plain.loc[trained, spec.target],
         w_train=_weights(spec, roles[trained]),
-        X_hold=plain.loc[~trained, chosen], y_hold=plain.loc[~trained, spec.target],
+        X_hold=X.loc[~trained], y_hold=plain.loc[~trained, spec.target],
         recent=(roles[~trained] == partition.RECENT_HOLDOUT).to_numpy(),
     )
 
