@@ -28,7 +28,7 @@ from workloads.monitoring import rollout
 from workloads.monitoring.alerts import send_alert
 from workloads.monitoring.drift import DriftReport, DriftThresholds, compare
 from workloads.monitoring.export import push_run
-from workloads.monitoring.labels import load_labels
+from workloads.monitoring.labels import join_labels, load_labels
 from workloads.monitoring.performance import performance
 from workloads.monitoring.profile import ReferenceProfile
 from workloads.monitoring.reference import (
@@ -133,7 +133,9 @@ def _compare(seen: Observed, settings: MonitorSettings, env: Environment) -> Non
     result.drift_detected = bool(drift)
     result.reasons += drift
     if settings.labels:
-        seen.labelled = seen.window.labelled(load_labels(settings.labels, env))
+        joined = join_labels(seen.window, load_labels(settings.labels, env))  # one label per row, repeats refused
+        seen.labelled, result.labels = joined.rows, joined.counts
+        result.reasons += joined.notes()
         perf, notes = performance(champ, seen.labelled, settings)
         result.performance = perf
         result.reasons += notes

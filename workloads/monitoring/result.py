@@ -33,6 +33,18 @@ class Performance(BaseModel):
     decayed: bool
 
 
+class LabelsJoined(BaseModel):
+    """How the labels met the window (labels.py): what was read, joined and refused."""
+
+    read: int  # label rows read
+    repeated_labels: int  # (request_id, row) given more than once with one label: used once
+    conflicting_labels: int  # given with different labels: not used
+    joined_rows: int  # captured rows with exactly one label
+    reused_ids: int  # (request_id, row) captured by more than one request: not used
+    reused_id_rows: int  # the captured rows of those keys
+    replayed_rows: int  # identical copies of a captured row (a retried flush): used once
+
+
 class RetrainOutcome(BaseModel):
     triggered: bool
     reason: str
@@ -78,6 +90,7 @@ class MonitorResult(BaseModel):
     performance_decayed: bool = False
     drift: DriftReport | None = None
     performance: Performance | None = None
+    labels: LabelsJoined | None = None
     alert: AlertOutcome | None = None
     retraining: RetrainOutcome | None = None
     rollout: RolloutOutcome | None = None
