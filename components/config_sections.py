@@ -7,6 +7,7 @@ section (`_Section`: camelCase keys, unknown keys rejected) and the error type l
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from datetime import date
 from enum import StrEnum
@@ -47,7 +48,21 @@ def _labels_source(value: Any) -> bool | str:
     if isinstance(value, bool) or (isinstance(value, str) and re.match(LABELS_URI, value)):
         return value
     raise ValueError("is not true (the capture bucket's labels/<endpoint>/), false (no labels) or an s3:// URI "
-                     "such as s3://my-labels/churn/")
+                     "such as s3://my-labels/labels/churn/")
+
+
+def labels_outside_prefix(source: bool | str, endpoint: str) -> str | None:
+    """Why an explicit labels source is refused: the monitor trusts only `labels/<endpoint>/`, the prefix no
+    workload role may write and only the labeler may (components/workload_iam.py); elsewhere, e.g. under
+    `captures/`, a client or another workload could write the ground truth. None when it is fine."""
+    if not isinstance(source, str):
+        return None
+    prefix = f"labels/{endpoint}/"
+    key = source.split("/", 3)[3] if source.count("/") >= 3 else ""  # s3://bucket/<key>
+    if not key.startswith(prefix):
+        return (f"monitorLabels: {json.dumps(source)} is outside {prefix}; allowed: true (s3://<capture bucket>/{prefix}), "
+                f"false, or s3://<bucket>/{prefix}[...] (no workload role may write there; the labeler may)")
+    return None
 
 # Secrets are separate top-level keys so that `pulumi config set --secret KEY` works.
 SECRET_KEYS = ("trackingAdminPassword", "databasePassword", "kubeconfig", PASSPHRASE_KEY)
@@ -306,6 +321,14 @@ class ServingEndpoint(_Section):
     host: cv.HostName | None = None
     # The monitor's ground truth: true = s3://<capture bucket>/labels/<name>/, false = none (drift only).
     monitor_labels: Annotated[bool | str, PlainValidator(_labels_source)] = True
+
+    @model_validator(mode="after")
+    def _labels_under_their_prefix(self) -> ServingEndpoint:
+        problem = labels_outside_prefix(self.monitor_labels, self.name)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     # Bumping this rolls the Deployment (the alias is resolved at start-up).
     model_version: cv.VersionText | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,63}$")
     rollout: Rollout = Rollout()

@@ -9,7 +9,7 @@ in `minio-credentials` (only MinIO and its setup Job read it).
   the grants components/mlflow_users.py plans; its Secret `mlflow-user-<role>-<name>` holds
   MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
 - MinIO (cloud: none): one user per service account, like the IRSA roles on AWS (serving, training,
-  monitoring, the tracking server), with the same policy documents (components/workload_iam.py); its
+  monitoring, the tracking server, the labeler), with the same policy documents (components/workload_iam.py); its
   Secret `minio-user-<account>` holds AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 
 Secret names follow from the workload, so every component derives them here and nowhere else.
@@ -28,8 +28,9 @@ import pulumi_random as random
 MLFLOW_USER_PREFIX = "mlops-"  # every user the stack manages (and deletes when it leaves the plan)
 TRACKING_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-# The MinIO users: one per service account that reaches S3 (tracking: the artifact proxy).
-S3_ACCOUNTS = ("serving", "training", "monitoring", "tracking")
+# The MinIO users: one per service account that reaches S3 (tracking: the artifact proxy; labeler: the
+# labeling process, the only writer of labels/<endpoint>/, whose Secret no pod of the stack reads).
+S3_ACCOUNTS = ("serving", "training", "monitoring", "tracking", "labeler")
 
 
 def mlflow_username(role: str, name: str) -> str:

@@ -46,13 +46,14 @@ from components.podenv import configmap_contract, contract_configmap_data
 from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
 from components.security import resources
 from components.tracking import CLIENT_LABEL
-from components.workload_iam import monitoring_policy, training_policy
+from components.workload_iam import labeler_policy, monitoring_policy, training_policy
 from workloads import layout
 from workloads.settings import MonitorSettings, TrainSettings, to_args
 
 CONTRACT_CONFIGMAP = "workload-contract"
 TRAINING_ACCOUNT = "training"
 MONITORING_ACCOUNT = retrain_admission.MONITORING_ACCOUNT  # what the admission policy matches
+LABELER_ACCOUNT = "labeler"  # the only writer of labels/<endpoint>/ (workload_iam.labeler_policy)
 RETRAIN_MOUNT = "/etc/mlops/retrain"
 TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Never fires: the template is suspended; a schedule is still required by the CronJob schema.
@@ -170,6 +171,7 @@ class Jobs(pulumi.ComponentResource):
                 raise ConfigError(f"mlops-platform:workloads.monitoring.retrainJob: {retrain!r} is not a training "
                                   f"job; known: {sorted(templates)}")
             account = self._monitoring_account(name)
+            self._labeler_account(name)
             if retrain:
                 self._retrain_access(name, account, templates[retrain])
                 self._retrain_admission(name, retrain, templates[retrain])
@@ -243,6 +245,14 @@ class Jobs(pulumi.ComponentResource):
                 lambda v: monitoring_policy(v[0], v[1], v[2], [s for e in endpoints if (s := labels_source(e, v[3]))],
                                             topic))
         return self._account(name, MONITORING_ACCOUNT, policy)
+
+    def _labeler_account(self, name: str) -> None:
+        """The labeling process's identity on AWS: service account `labeler`, whose IRSA role may only write the
+        endpoints' labels sources (with MinIO: the user `mlops-labeler`, components/minio_users.py)."""
+        a, endpoints = self._args, self._args.env.serving.endpoints
+        if a.oidc is not None and any(e.monitor_labels for e in endpoints):
+            self._account(name, LABELER_ACCOUNT, pulumi.Output.all(a.contract.kms_key_arn, a.contract.capture_bucket).apply(
+                lambda v: labeler_policy([s for e in endpoints if (s := labels_source(e, v[1]))], v[0])))
 
     def _retrain_access(self, name: str, account: k8s.core.v1.ServiceAccount, templates: list[dict[str, Any]]) -> None:
         """The Jobs the monitor may start, as files (it needs no read access to the cluster), and `create` on Jobs."""

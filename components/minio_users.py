@@ -1,9 +1,10 @@
 """MinIO (cloud: none): a user per service account, scoped like the IRSA roles on AWS.
 
 The root credential (`minio-credentials`) is read by MinIO and by its setup Job only. The Job
-creates the buckets, then per account (serving, training, monitoring, the tracking server) a policy
-and a user with it attached. The policies are the very documents the AWS roles get
-(components/workload_iam.py, tracking.py's artifact policy), without their KMS and SNS statements
+creates the buckets, then per account (serving, training, monitoring, the tracking server, the labeler)
+a policy and a user with it attached. The labeler's Secret `minio-user-labeler` is read by no pod of
+the stack: it is handed to the labeling process, the only writer of `labels/<endpoint>/`. The
+policies are the very documents the AWS roles get (components/workload_iam.py, tracking.py's artifact policy), without their KMS and SNS statements
 (MinIO has neither); so a workload's S3 reach is the same prefix by prefix on both clouds.
 
 Every step is idempotent: `mc mb --ignore-existing`; `mc admin policy create` replaces a policy;
@@ -27,7 +28,14 @@ from components.config import ServingEndpoint
 from components.credentials import S3_ACCOUNTS, S3_KEYS, generated_secret, minio_secret, minio_username
 from components.jobs import labels_source
 from components.security import container_security_context, pod_security_context, resources, scratch_volume
-from components.workload_iam import monitoring_policy, serving_policy, tracking_policy, training_policy
+from components.workload_iam import (
+    labeler_policy,
+    monitoring_policy,
+    serving_policy,
+    tracking_policy,
+    training_policy,
+)
+from workloads import layout
 
 MC = "mc --config-dir /tmp/mc"
 POLICY_MOUNT = "/etc/mlops/minio-policies"
@@ -46,6 +54,8 @@ def policies(buckets: dict[str, str], endpoints: Sequence[ServingEndpoint]) -> d
         "training": training_policy(arn["data"], arn["capture"], None),
         "monitoring": monitoring_policy(arn["capture"], arn["data"], None, labels, None),
         "tracking": tracking_policy(arn["artifacts"], None),
+        # A policy needs a resource: without a labels source, `labels/` of the capture bucket, which nothing reads.
+        "labeler": labeler_policy(labels or [f"s3://{buckets['capture']}/{layout.LABELS}"], None),
     }
     return {account: documents[account] for account in S3_ACCOUNTS}
 

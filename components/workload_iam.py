@@ -1,4 +1,4 @@
-"""The IRSA policies of the workload roles (tracking, serving, training, monitoring), least privilege.
+"""The IRSA policies of the workload roles (tracking, serving, training, monitoring, labeler), least privilege.
 
 Object prefixes come from the S3 layout the workloads write (`workloads/layout.py`), so a
 role's `Resource` and the keys a workload uses cannot drift apart. The buckets share one KMS
@@ -14,7 +14,10 @@ components/tracking.py), so training logs and serving loads models through it.
   on); reads the retraining data the monitor leaves under `monitoring/*/retrain/*`;
 - monitoring: lists and reads `captures/*` and each endpoint's labels source, reads `datasets/*`
   (the reference); reads and writes only `monitoring/*` (lock, cooldown record, retraining data,
-  cached reference profiles); publishes to the configured SNS topic.
+  cached reference profiles); publishes to the configured SNS topic;
+- labeler: writes (and may delete, to correct) each endpoint's labels source `labels/<endpoint>/*`
+  and nothing else; reads nothing. The monitor trusts labels because no other role may write there
+  (no other policy's prefix covers `labels/`; config_sections.py keeps every source under it).
 No object versions are read (`s3:GetObjectVersion`): every workload reads current objects.
 tests/contract/test_iam_enforced.py runs the workloads under exactly these policies.
 """
@@ -132,3 +135,13 @@ def monitoring_policy(capture_arn: str, data_arn: str, key_arn: str | None, labe
     if sns_topic_arn:
         statements.append(_statement("PublishAlerts", ["sns:Publish"], [sns_topic_arn]))
     return _document(statements)
+
+
+def labeler_policy(labels: Sequence[str], key_arn: str | None) -> str:
+    """The labeling process's only grant: put (and delete, to correct a file) objects under each endpoint's
+    labels source. No read, no list: it learns request ids from its own records, not from the captures."""
+    sources = [LabelsSource(uri) for uri in labels]
+    return _document([
+        _statement("WriteLabels", [*WRITE, "s3:DeleteObject"], [s.objects for s in sources]),
+        *_kms(key_arn, read=[], write=[s.bucket_arn for s in sources]),
+    ])

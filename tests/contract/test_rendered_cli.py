@@ -212,7 +212,7 @@ def test_every_settings_key_of_the_stack_reaches_the_cli() -> None:
     config = load_stack_config(stack_file("dev"))
     config["mlops-platform:serving"]["endpoints"] = [
         {"name": "churn", "model": "churn", "alias": "challenger", "workers": 3, "maxBatchRows": 64,
-         "maxWaitMs": 7.5, "capture": False, "monitorLabels": "s3://labeling-team/churn/"},
+         "maxWaitMs": 7.5, "capture": False, "monitorLabels": "s3://labeling-team/labels/churn/"},
         {"name": "spend", "model": "spend", "monitorLabels": False}]
     config["mlops-platform:workloads"]["training"][0]["searchShards"] = 3
     config["mlops-platform:workloads"]["monitoring"].update({

@@ -289,6 +289,18 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
      "https://hooks.example.com/alerts"),
     ("webhook in clear text", {"mlops-platform:workloads.monitoring.alertWebhook": "http://hooks.example.com/a"},
      "mlops-platform:workloads.monitoring.alertWebhook: \"http://hooks.example.com/a\" sends alerts in clear text"),
+    # --- the monitor's ground truth: only under labels/<endpoint>/, which only the labeler may write
+    ("labels source outside labels/<endpoint>/", {"mlops-platform:serving.endpoints[0].monitorLabels":
+                                                 "s3://labeling-team/churn/"},
+     "mlops-platform:serving.endpoints[0].monitorLabels: \"s3://labeling-team/churn/\" is outside labels/churn/; "
+     "allowed: true (s3://<capture bucket>/labels/churn/), false, or s3://<bucket>/labels/churn/[...]"),
+    ("labels source under captures/", {"mlops-platform:serving.endpoints[0].monitorLabels":
+                                       "s3://mlops-dev-capture/captures/churn/"},
+     "mlops-platform:serving.endpoints[0].monitorLabels: \"s3://mlops-dev-capture/captures/churn/\" is outside "
+     "labels/churn/"),
+    ("labels source of another endpoint", {"mlops-platform:serving.endpoints[0].monitorLabels":
+                                           "s3://labeling-team/labels/churn-eu/"},
+     "monitorLabels: \"s3://labeling-team/labels/churn-eu/\" is outside labels/churn/"),
     # --- tags and labels
     ("tag key starting with aws:", {"mlops-platform:tags.extra": {"aws:team": "ml"}},
      "mlops-platform:tags.extra: key 'aws:team' starts with 'aws:', which AWS reserves; choose another key"),

@@ -366,7 +366,7 @@ def test_the_setup_job_reruns_when_a_password_or_a_policy_changes(rendered: dict
 
     first = rendered["local"]
     config = load_stack_config(stack_file("local"))
-    config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "s3://other-labels/churn/"
+    config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "s3://other-labels/labels/churn/"
     relabelled = render_stack("local", config=config, secrets={"trackingAdminPassword": ADMIN_PASSWORD})
     assert digest(relabelled) != digest(first)  # the monitoring policy changed: the Job runs again
     expected = hashlib.sha256("\n".join([manifest(first, "Secret", MINIO_ROOT)["stringData"]["MINIO_ROOT_PASSWORD"],

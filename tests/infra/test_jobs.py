@@ -289,15 +289,15 @@ def test_monitoring_role_may_publish_to_the_configured_topic_only() -> None:
 
 def test_monitor_labels_can_be_moved_or_turned_off() -> None:
     def moved(config: dict) -> None:
-        config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "s3://labeling-team/churn/truth/"
+        config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = "s3://labeling-team/labels/churn/truth/"
 
     result = render_with("dev", moved)
     args = container(manifest(result, "CronJob", "monitor-churn"))["args"]
-    assert option(args, "--labels") == "s3://labeling-team/churn/truth/"
+    assert option(args, "--labels") == "s3://labeling-team/labels/churn/truth/"
     grants = _grants(_statements(result, "jobs-monitoring-irsa"))
-    assert ("s3:GetObject", "arn:aws:s3:::labeling-team/churn/truth/*") in grants
+    assert ("s3:GetObject", "arn:aws:s3:::labeling-team/labels/churn/truth/*") in grants
     assert ("s3:ListBucket", "arn:aws:s3:::labeling-team") in grants
-    assert not [r for _, r in grants if "/labels/" in r]
+    assert not [r for _, r in grants if "/labels/" in r and "labeling-team" not in r]
 
     def off(config: dict) -> None:
         config["mlops-platform:serving"]["endpoints"][0]["monitorLabels"] = False
@@ -315,7 +315,7 @@ def test_monitor_labels_must_be_an_s3_uri() -> None:
         render_with("dev", edit)
     assert str(caught.value) == ("mlops-platform:serving.endpoints[0].monitorLabels: \"/data/labels.csv\" is not true "
                                  "(the capture bucket's labels/<endpoint>/), false (no labels) or an s3:// URI such "
-                                 "as s3://my-labels/churn/")
+                                 "as s3://my-labels/labels/churn/")
 
 
 def test_without_a_retraining_job_the_monitor_does_not_retrain() -> None:
