@@ -164,7 +164,8 @@ def feature_profile_key(dataset_digest: str, features: list[str]) -> str:
 
 def prediction_profile_key(dataset_digest: str, model: str, version: str) -> str:
     """The prediction baseline of one model version on its dataset (as reference.py caches it)."""
-    return layout.profile_key(dataset_digest, _hash(f"{PREDICTION}\0{model}\0{version}"))
+    # "last": baselines cached before they took capture's column (the last; column 0 before) are not reused.
+    return layout.profile_key(dataset_digest, _hash(f"{PREDICTION}\0{model}\0{version}\0last"))
 
 
 def bins_key(profile_key: str) -> str:

@@ -4,7 +4,8 @@ The champion is `models:/<model>@<alias>`; its lineage tags (set by `mlops train
 dataset it was trained on, the target and the task. Two profiles are cached in the capture
 bucket (profile.py), both keyed by the dataset's digest: the features' profile (by the hash
 of the feature names) and the champion's predictions on its own holdout rows (by the hash of
-the model version), the baseline for prediction drift.
+the model version), the baseline for prediction drift: the same column capture keeps as
+`_prediction` (workloads/capture/table.py), so both sides of the comparison are one quantity.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from workloads import layout
+from workloads.capture.table import _prediction_column
 from workloads.data import dataset as datasets
+from workloads.data import missing
 from workloads.environment import Environment
 from workloads.monitoring import profile as profiles
 from workloads.monitoring.drift import PREDICTION
@@ -82,7 +85,7 @@ def feature_profile(env: Environment, champ: Champion, reference: pd.DataFrame) 
 
 
 def prediction_profile(env: Environment, champ: Champion, reference: pd.DataFrame) -> ReferenceProfile:
-    key = layout.profile_key(champ.dataset_digest, _hash(f"{PREDICTION}\0{champ.name}\0{champ.version}"))
+    key = profiles.prediction_profile_key(champ.dataset_digest, champ.name, champ.version)
     return profiles.cached(env.s3, env.outputs.capture_bucket, key, lambda: _predictions(champ, reference))
 
 
@@ -115,10 +118,17 @@ def _predictions(champ: Champion, reference: pd.DataFrame) -> ReferenceProfile:
     except (ValueError, KeyError) as exc:  # not reproducible: fall back to every reference row
         log.warning("holdout split not reproducible (%s): prediction baseline uses all reference rows", exc)
     model = mlflow.pyfunc.load_model(champ.uri)
-    X = as_signature_types(rows[champ.features], model)
-    predictions = np.asarray(model.predict(X), dtype=float).reshape(len(rows), -1)[:, 0]
-    return ReferenceProfile.build(pd.DataFrame({PREDICTION: predictions}),
+    X = as_signature_types(missing.normalized(rows[champ.features]), model)  # missing as serving hands it over
+    return ReferenceProfile.build(pd.DataFrame({PREDICTION: baseline_column(model.predict(X), len(rows))}),
                                   meta={"model": champ.name, "version": champ.version})
+
+
+def baseline_column(answers: Any, rows: int) -> np.ndarray:
+    """The model's answers as capture stores them in `_prediction`: one value per row, a probability table's
+    last column (the positive class), numbers as floats; class labels stay text (a categorical baseline,
+    which prediction drift skips; casting them to float failed)."""
+    values = _prediction_column(answers, rows)
+    return values.astype(float) if values.dtype.kind in "biuf" else values.astype(str)
 
 
 def _hash(text: str) -> str:
