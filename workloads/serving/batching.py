@@ -93,8 +93,9 @@ class Scored:
         return cls(group[0].model, [i.request_id for i in group], [i.rows for i in group], frame, output)
 
     def record(self, capture: Any, shadow: tuple[str, Any] | None = None) -> None:
+        extra = {"shadow": shadow} if shadow is not None else {}  # outside shadow mode: the plain call
         capture.record_batch(self.request_ids, self.sizes, self.model.name, self.model.version, self.frame,
-                             self.output, shadow=shadow)
+                             self.output, **extra)
 
 
 def predict_group(group: list[Item]) -> tuple[list[Result], list[Scored]]:
