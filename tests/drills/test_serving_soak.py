@@ -1,4 +1,4 @@
-"""Drill: `mlops serve` holds steady under 20,000 requests: no errors, resident memory grows < 10 %.
+"""Drill: `mlops serve` holds steady under 8,000 requests: no errors, resident memory grows < 10 %.
 
 16 concurrent clients (asyncio + httpx, keep-alive) send 1-5-row requests to the drill endpoint
 (capture on, flushing every second). Every answer must be a 200 with the in-process
@@ -22,13 +22,13 @@ from tests.serving.helpers import tree_rss_kib
 from workloads.data.sample import generate
 
 pytestmark = pytest.mark.servers
-TOTAL = 20_000
+TOTAL = 8_000  # 6,000 measured after the warm-up; 20,000 took ~3 min of the suite
 WARMUP = 2_000
 CONCURRENCY = 16
 MAX_GROWTH = 0.10
 
 
-def test_20000_requests_no_errors_and_flat_memory(drill_endpoint, churn_model) -> None:
+def test_8000_requests_no_errors_and_flat_memory(drill_endpoint, churn_model) -> None:
     ep = drill_endpoint
     pool = features(generate(600, seed=12))
     expected = np.asarray(churn_model["model"].predict(pool))

@@ -232,9 +232,10 @@ def _grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(a, r) for s in statements for a in s["Action"] for r in _resources(s)}
 
 
-def _kms_buckets(statements: list[dict[str, Any]]) -> list[str]:
-    (kms,) = [s for s in statements if any(a.startswith("kms:") for a in s["Action"])]
-    return kms["Condition"]["StringEquals"]["kms:EncryptionContext:aws:s3:arn"]
+def _kms_buckets(statements: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per KMS action, the buckets whose encryption context it is limited to."""
+    return {a: s["Condition"]["StringEquals"]["kms:EncryptionContext:aws:s3:arn"]
+            for s in statements for a in s["Action"] if a.startswith("kms:")}
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -253,7 +254,8 @@ def test_training_role_reads_data_and_writes_only_dataset_versions(rendered: dic
         ("s3:GetObject", f"{capture}/monitoring/*/retrain/*.parquet")}
     # Artifacts go through the tracking server (--serve-artifacts): no grant on that bucket or its key use.
     assert artifacts not in json.dumps(statements)
-    assert _kms_buckets(statements) == sorted([data, capture])
+    # Decrypt what it reads; a data key only for the bucket it writes.
+    assert _kms_buckets(statements) == {"kms:Decrypt": sorted([data, capture]), "kms:GenerateDataKey": [data]}
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -271,7 +273,7 @@ def test_monitoring_role_reads_capture_and_data_writes_only_its_state(rendered: 
                      f"{data}/datasets/*"}
     buckets = {r.split("/")[0] for s in statements for r in _resources(s) if r.startswith("arn:aws:s3")}
     assert buckets == {capture, data}
-    assert _kms_buckets(statements) == sorted([capture, data])
+    assert _kms_buckets(statements) == {"kms:Decrypt": sorted([capture, data]), "kms:GenerateDataKey": [capture]}
     assert not [a for a, _ in grants if a.startswith("sns:")]  # no topic configured in the stack files
 
 
