@@ -7,7 +7,7 @@ Every expression is scoped to the environment's namespace, so environments shari
 - capture drops rows or fails writes (the monitor would judge a partial window);
 - a Job failed (training, retraining, a monitoring run), and which CronJob it came from;
 - an endpoint's monitoring has not completed for two schedule periods (from the figures each
-  run pushes, workloads/monitoring/export.py), or never reported at all.
+  run pushes, workloads/monitoring/export.py), or never reported at all; only where runs push.
 """
 
 from __future__ import annotations
@@ -122,8 +122,11 @@ def monitoring_rules(env: EnvironmentConfig) -> list[dict[str, Any]]:
     return rules
 
 
-def rule_groups(env: EnvironmentConfig) -> list[dict[str, Any]]:
-    groups = [("serving", serving_rules(env)), ("jobs", job_rules(env)), ("monitoring", monitoring_rules(env))]
+def rule_groups(env: EnvironmentConfig, *, runs_push: bool) -> list[dict[str, Any]]:
+    """`runs_push`: monitoring runs push to a Pushgateway; without one their figures never reach
+    Prometheus and the monitoring rules would fire forever (a failed run still alerts as a failed Job)."""
+    groups = [("serving", serving_rules(env)), ("jobs", job_rules(env)),
+              ("monitoring", monitoring_rules(env) if runs_push else [])]
     return [{"name": f"mlops-{env.name}-{name}", "rules": rules} for name, rules in groups if rules]
 
 

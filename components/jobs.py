@@ -42,12 +42,14 @@ from components import credentials, retrain_admission
 from components.cluster import POOL_LABEL, TRAINING_TAINT_KEY
 from components.config import Cloud, ConfigError, EnvironmentConfig, ServingEndpoint, TrainingJob
 from components.irsa import irsa_role, service_account_annotations
+from components.observability import pushgateway_url
 from components.podenv import configmap_contract, contract_configmap_data
 from components.pods import Container, PodBuilder, WorkloadArgs, WorkloadPod, pod_builder, system_placement
 from components.security import resources
 from components.tracking import CLIENT_LABEL
 from components.workload_iam import labeler_policy, monitoring_policy, training_policy
 from workloads import layout
+from workloads.monitoring.export import PUSHGATEWAY_ENV
 from workloads.settings import MonitorSettings, TrainSettings, to_args
 
 CONTRACT_CONFIGMAP = "workload-contract"
@@ -302,7 +304,8 @@ class Jobs(pulumi.ComponentResource):
                   "mlops-platform/endpoint": endpoint.name}
         arguments = pulumi.Output.from_input(a.contract.capture_bucket).apply(
             lambda bucket: [*to_args(monitor_settings(a.env, endpoint, bucket)), "--json"])
-        pod = WorkloadPod(account=MONITORING_ACCOUNT, container=monitor_container(arguments, retrain=retrain),
+        container = monitor_container(arguments, retrain=retrain, pushgateway=pushgateway_url(a.env))
+        pod = WorkloadPod(account=MONITORING_ACCOUNT, container=container,
                           scratch_size="8Gi", credentials=credentials.monitoring(endpoint.name), placement=system_placement(a.env), restart_policy="Never",
                           volumes=retrain_volumes() if retrain else ())
         k8s.batch.v1.CronJob(
@@ -346,14 +349,16 @@ def training_job_spec(pods: PodBuilder, env: EnvironmentConfig, job: TrainingJob
     return spec
 
 
-def monitor_container(arguments: pulumi.Input[list[str]], *, retrain: bool) -> Container:
+def monitor_container(arguments: pulumi.Input[list[str]], *, retrain: bool, pushgateway: str | None) -> Container:
+    # A run is a short-lived pod nothing scrapes: it pushes its figures (workloads/monitoring/export.py).
+    env = [{"name": PUSHGATEWAY_ENV, "value": pushgateway}] if pushgateway else []
     if not retrain:
         return Container(name="monitor", command=["mlops", "monitor"], args=arguments,
-                         resources=resources("250m", "1Gi"))
+                         resources=resources("250m", "1Gi"), env=env)
     # Only this pod gets an API token (short-lived, projected); every other pod has none.
     return Container(
         name="monitor", command=["mlops", "monitor"], args=arguments, resources=resources("250m", "1Gi"),
-        env=[{"name": "MLOPS_RETRAIN_JOBS_DIR", "value": RETRAIN_MOUNT}],
+        env=[*env, {"name": "MLOPS_RETRAIN_JOBS_DIR", "value": RETRAIN_MOUNT}],
         mounts=[{"name": "retrain-jobs", "mountPath": RETRAIN_MOUNT, "readOnly": True},
                 {"name": "api-token", "mountPath": TOKEN_MOUNT, "readOnly": True}],
     )

@@ -5,8 +5,9 @@
 - Egress anywhere except the instance metadata address (169.254.169.254): pods must use
   IRSA, never the node's credentials.
 - The tracking server admits only pods labelled as tracking clients (workloads, serving)
-  and the ingress controller; Postgres admits only the tracking server; serving admits
-  pods of the namespace and the ingress controller; MinIO (cloud: none) admits the namespace.
+  and the ingress controller, and the scraper on its metrics sidecar's port only; Postgres
+  admits only the tracking server; serving admits pods of the namespace and the ingress
+  controller; MinIO (cloud: none) admits the namespace.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from components.observability import scraper_peer
 from components.serving import PORT as SERVING_PORT
 from components.tracking import CLIENT_LABEL
 from components.tracking import LABELS as TRACKING_LABELS
+from components.tracking import METRICS_PORT as TRACKING_METRICS_PORT
 from components.tracking import PORT as TRACKING_PORT
 
 METADATA_ADDRESS = "169.254.169.254/32"
@@ -72,9 +74,13 @@ class NetworkPolicies(pulumi.ComponentResource):
                 "podSelector": {"matchLabels": TRACKING_LABELS},
                 "policyTypes": ["Ingress"],
                 "ingress": [{
-                    "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}, args.scraper]
+                    "from": [{"podSelector": {"matchLabels": CLIENT_LABEL}}]
                     + ([_INGRESS_CONTROLLER] if args.tracking_host else []),
                     "ports": [{"protocol": "TCP", "port": TRACKING_PORT}],
+                }, {
+                    # The scraper reads the metrics sidecar's port only, not the API.
+                    "from": [args.scraper],
+                    "ports": [{"protocol": "TCP", "port": TRACKING_METRICS_PORT}],
                 }],
             },
             "serving-ingress": {

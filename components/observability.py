@@ -33,6 +33,7 @@ from components.config import EnvironmentConfig
 from components.observability_config import STACK_RELEASE
 from components.tracking import CREDENTIALS_SECRET as TRACKING_CREDENTIALS
 from components.tracking import LABELS as TRACKING_SELECTOR
+from components.tracking import METRICS_CONTAINER as TRACKING_METRICS_PORT
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboards"
 # Dashboards every environment gets; node pools only where the environment owns the cluster.
@@ -42,7 +43,7 @@ FOLDER = "MLOps"
 PUSHGATEWAY = "pushgateway"
 PUSHGATEWAY_PORT = 9091
 METRICS_PATH = "/metrics"
-SCRAPE_PORT_NAME = "http"  # the serving and tracking Services' port name (components/serving.py, tracking.py)
+SCRAPE_PORT_NAME = "http"  # the serving Services' port name (components/serving.py)
 GRAFANA_UID_MAX = 40
 PART_OF = {"app.kubernetes.io/part-of": "mlops-platform"}
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -121,18 +122,19 @@ class Observability(pulumi.ComponentResource):
         # Custom resources need the operator's CRDs, which the stack's release brings.
         after_stack = pulumi.ResourceOptions(parent=self, depends_on=stack)
         labels = {**PART_OF, **cfg.selector_labels}
+        groups = rule_groups(env, runs_push=pushgateway_url(env) is not None)
         if cfg.uses_operator:
             self._service_monitors(name, env, args.namespace, labels, after_stack)
             k8s.apiextensions.CustomResource(
                 f"{name}-rules", api_version=MONITORING_API, kind="PrometheusRule",
                 metadata={"name": "mlops-alerts", "namespace": args.namespace, "labels": labels},
-                spec={"groups": rule_groups(env)}, opts=after_stack)
+                spec={"groups": groups}, opts=after_stack)
         else:
             # No operator: a rules file an existing Prometheus loads (`rule_files`).
             k8s.core.v1.ConfigMap(
                 f"{name}-rules",
                 metadata={"name": "mlops-alert-rules", "namespace": args.namespace, "labels": PART_OF},
-                data={"mlops-alerts.rules.yaml": yaml.safe_dump({"groups": rule_groups(env)}, sort_keys=False)},
+                data={"mlops-alerts.rules.yaml": yaml.safe_dump({"groups": groups}, sort_keys=False)},
                 opts=pulumi.ResourceOptions(parent=self))
         for stem, dashboard in environment_dashboards(env).items():
             k8s.core.v1.ConfigMap(
@@ -148,11 +150,12 @@ class Observability(pulumi.ComponentResource):
     def _service_monitors(self, name: str, env: EnvironmentConfig, namespace: pulumi.Input[str],
                           labels: dict[str, str], opts: pulumi.ResourceOptions) -> None:
         endpoint: dict[str, Any] = {"port": SCRAPE_PORT_NAME, "path": METRICS_PATH, "interval": "30s"}
-        monitors = {"serving": (SERVING_SELECTOR, endpoint)}
-        # The tracking server's /metrics (mlflow server --expose-prometheus) sits behind its basic auth.
-        monitors["tracking"] = (TRACKING_SELECTOR, {**endpoint, "basicAuth": {
-            "username": {"name": TRACKING_CREDENTIALS, "key": "MLFLOW_TRACKING_USERNAME"},
-            "password": {"name": TRACKING_CREDENTIALS, "key": "MLFLOW_TRACKING_PASSWORD"}}})
+        # The tracking server's request metrics (mlflow server --expose-prometheus) from its sidecar's port, as
+        # the metrics user: MLflow's own /metrics is admin-only (workloads/tracking_metrics.py).
+        monitors = {"serving": (SERVING_SELECTOR, endpoint),
+                    "tracking": (TRACKING_SELECTOR, {**endpoint, "port": TRACKING_METRICS_PORT, "basicAuth": {
+                        "username": {"name": TRACKING_CREDENTIALS, "key": "MLFLOW_TRACKING_USERNAME"},
+                        "password": {"name": TRACKING_CREDENTIALS, "key": "MLFLOW_TRACKING_PASSWORD"}}})}
         for role, (selector, scrape) in monitors.items():
             k8s.apiextensions.CustomResource(
                 f"{name}-{role}-monitor", api_version=MONITORING_API, kind="ServiceMonitor",

@@ -28,7 +28,9 @@ STACK_METRICS: dict[str, frozenset[str]] = {
     "pushgateway": frozenset({"push_time_seconds", "push_failure_time_seconds"}),
     # Prometheus itself, per scrape target.
     "prometheus": frozenset({"up"}),
-    # `mlflow server --expose-prometheus DIR` (prometheus_flask_exporter, defaults_prefix "mlflow").
+    # `mlflow server --expose-prometheus DIR` (prometheus-flask-exporter, defaults_prefix "mlflow", multiprocess
+    # mode: no _created series), as components/tracking.py renders it; scraped from a running server with the
+    # scraper's credentials by tests/contract/test_mlflow_permissions.py.
     "mlflow-server": frozenset({
         "mlflow_http_request_total", "mlflow_http_request_duration_seconds_bucket",
         "mlflow_http_request_duration_seconds_count", "mlflow_http_request_duration_seconds_sum",

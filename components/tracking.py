@@ -15,7 +15,9 @@ NO_PERMISSIONS: users see only what they are granted. A checksum of those creden
 DSN) on the pod template rolls the Deployment when one changes, which is how a rotation takes
 effect (README "Credentials and who can reach what"). The server
 runs with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3.17 otherwise starts a job runner and
-seven consumer processes (~2 GB) that this platform does not use, against a 1Gi limit.
+seven consumer processes (~2 GB) that this platform does not use, against a 1Gi limit. Its request
+metrics (`--expose-prometheus`) are served to the scraper by a sidecar on their own port
+(workloads/tracking_metrics.py says why not MLflow's own /metrics).
 
 Config keys: tracking.replicas, workers, adminUsername, host, tlsSecretName, cpu, memory;
 workloads.image and workloads.imageTag (the image, never `latest`).
@@ -64,6 +66,12 @@ CLIENT_LABEL = {"mlops-platform/tracking-client": "true"}
 CREDENTIALS_SECRET = METRICS_SECRET  # the metrics scraper's user: authenticated, no grants
 CHECKSUM_ANNOTATION = "mlops-platform/credentials-checksum"
 USERS_SECRET = "mlflow-users"
+# `--expose-prometheus`: prometheus_client's multiprocess files, one set per uvicorn worker. The root
+# filesystem is read-only: they go on the pod's /tmp emptyDir, which the metrics sidecar mounts too.
+PROMETHEUS_DIR = "/tmp/mlflow-prometheus"
+METRICS_CONTAINER = "metrics"
+METRICS_PORT = 9464  # the sidecar's /metrics, for the scraper only (components/netpol.py)
+METRICS_SCRIPT = "from workloads.tracking_metrics import main; main()"
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,8 @@ class TrackingServer(pulumi.ComponentResource):
             f"{name}-svc",
             metadata={"name": NAME, "namespace": args.namespace, "labels": LABELS},
             spec={"type": "ClusterIP", "selector": LABELS,
-                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"},
+                            {"name": METRICS_CONTAINER, "port": METRICS_PORT, "targetPort": METRICS_CONTAINER}]},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
         )
         self.tracking_uri = pulumi.Output.concat(
@@ -253,7 +262,7 @@ class TrackingServer(pulumi.ComponentResource):
                             migration_container(image, secret_name, TELEMETRY_OFF),
                             provision_container(image, secret_name, cfg.admin_username, "users", AUTH_CONFIG_PATH,
                                                 LOCK_KEY, TELEMETRY_OFF)],
-                        "containers": [self._server_container(args, image, secret_name)],
+                        "containers": [self._server_container(args, image, secret_name), metrics_container(image, self.credentials_secret)],
                         "volumes": [
                             scratch_volume("tmp", "1Gi"),
                             {"name": "auth-config", "secret": {
@@ -283,6 +292,9 @@ class TrackingServer(pulumi.ComponentResource):
             "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
             "--allowed-hosts", ",".join(allowed_hosts(ns, cfg.host)),
             "--x-frame-options", "DENY",
+            # Request metrics (prometheus-flask-exporter) as files the sidecar serves: MLflow's own /metrics
+            # is admin-only under its fail-closed basic auth (workloads/tracking_metrics.py).
+            "--expose-prometheus", PROMETHEUS_DIR,
         ])
         probe = {"httpGet": {"path": "/health", "port": "http"}}
         return {
@@ -304,6 +316,30 @@ class TrackingServer(pulumi.ComponentResource):
                 {"name": "auth-config", "mountPath": "/etc/mlflow", "readOnly": True},
             ],
         }
+
+
+def metrics_container(image: str, credentials_secret: pulumi.Input[str]) -> dict[str, Any]:
+    """The sidecar summing the server workers' metric files on METRICS_PORT, to the metrics user only
+    (workloads/tracking_metrics.py)."""
+    return {
+        "name": METRICS_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-c", METRICS_SCRIPT, PROMETHEUS_DIR, str(METRICS_PORT)],
+        # The metrics user's credentials: the ServiceMonitor sends them, the sidecar checks them (the name
+        # resolves once the users' Secrets exist, so the pod never starts without it).
+        "env": [*TELEMETRY_OFF, {"name": "HOME", "value": "/tmp"},
+                *({"name": key, "valueFrom": {"secretKeyRef": {"name": credentials_secret, "key": key}}}
+                  for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))],
+        "ports": [{"name": METRICS_CONTAINER, "containerPort": METRICS_PORT}],
+        # TCP: /metrics wants the credentials, which a kubelet probe does not send.
+        "readinessProbe": {"tcpSocket": {"port": METRICS_CONTAINER}, "periodSeconds": 10},
+        "livenessProbe": {"tcpSocket": {"port": METRICS_CONTAINER}, "initialDelaySeconds": 10,
+                          "periodSeconds": 30, "failureThreshold": 3},
+        "resources": resources("25m", "64Mi", cpu_limit="100m"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
 
 
 def _system_nodes(env: EnvironmentConfig) -> dict[str, str]:

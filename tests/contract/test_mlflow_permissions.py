@@ -9,7 +9,8 @@ the server starts with the rendered env, basic_auth.ini and command, only on a f
 a local artifact directory instead of S3, and is stopped by its pid.
 
 Each boundary is then tried with the rendered users' credentials: what a workload needs works, and
-what it must not do is refused with 403. Last, the user-creation step runs again against the
+what it must not do is refused with 403. The rendered metrics sidecar serves the server's request
+metrics to the metrics user. Last, the user-creation step runs again against the
 running server: idempotent, it deletes users that left the plan, and it applies rotated passwords
 (the admin's and a workload's) without a server restart.
 """
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+import yaml
 from sqlalchemy.pool import NullPool
 
 from components.migrations import CONTAINER as MIGRATE
@@ -139,6 +141,7 @@ def start_server(stack_pod: dict[str, Any], kubelet: Kubelet, tmp: Path) -> tupl
     argv[argv.index("--host") + 1] = "127.0.0.1"
     argv[argv.index("--artifacts-destination") + 1] = str(tmp / "artifacts")
     argv[argv.index("--workers") + 1] = "1"
+    argv[argv.index("--expose-prometheus") + 1] = str(tmp / "prometheus")  # the pod's /tmp emptyDir
     log = (tmp / "server.log").open("wb")
     process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -303,6 +306,66 @@ def test_the_metrics_user_is_authenticated_and_sees_nothing(stack: Stack) -> Non
         assert client.search_experiments() == []
         refused(lambda: client.get_registered_model("churn"))
     assert httpx.get(f"{stack.url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+
+
+def start_metrics_sidecar(stack: Stack) -> tuple[subprocess.Popen[bytes], str]:
+    """The rendered metrics sidecar, on the server's metric files (start_server's stand-in for /tmp) and a free port."""
+    from components.tracking import METRICS_CONTAINER, METRICS_PORT, PROMETHEUS_DIR
+
+    container = next(c for c in stack.pod["containers"] if c["name"] == METRICS_CONTAINER)
+    env = {**resolve_env(container, stack.kubelet.cluster), "HOME": str(stack.tmp), "PATH": f"{BIN}:/usr/bin:/bin"}
+    port = free_port()
+    argv = [a.replace(PROMETHEUS_DIR, str(stack.tmp / "prometheus")) for a in argv_of(container, env)]
+    argv[argv.index(str(METRICS_PORT))] = str(port)
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=2)  # any answer: it listens
+            return process, url
+        time.sleep(0.2)
+    stop(process)
+    pytest.fail(f"the metrics sidecar did not start: {argv}")
+
+
+def test_the_scraper_reads_the_servers_request_metrics_from_the_sidecar(stack: Stack) -> None:
+    """`--expose-prometheus` as rendered, summed by the rendered sidecar and read as the metrics user: every
+    tracking-server series the dashboards and alert rules read is there. MLflow's own /metrics refuses that
+    user (3.17's fail-closed basic auth: admin only), which is why the sidecar exists."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from components.manifests import to_manifests
+    from components.observability import dashboard_sources
+    from components.stack_metrics import STACK_METRICS
+    from tests.infra.test_observability import exprs_of, promql_metric_names
+
+    scraper = stack.kubelet.cluster.secrets["tracking-credentials"]
+    auth = (scraper["MLFLOW_TRACKING_USERNAME"], scraper["MLFLOW_TRACKING_PASSWORD"])
+    # One API request, so the request histogram has series; and why the sidecar exists.
+    assert httpx.get(f"{stack.url}/api/2.0/mlflow/experiments/search?max_results=1", auth=auth,
+                     timeout=10).status_code == 200
+    assert httpx.get(f"{stack.url}/metrics", auth=auth, timeout=10).status_code == 403
+    process, url = start_metrics_sidecar(stack)
+    try:
+        assert httpx.get(url, timeout=10).status_code == 401
+        assert httpx.get(url, auth=(auth[0], "not-the-password"), timeout=10).status_code == 401
+        response = httpx.get(url, auth=auth, timeout=10)  # as the ServiceMonitor's basic auth
+    finally:
+        stop(process)
+    assert response.status_code == 200, response.text[:500]
+    samples = {(s.name, s.labels.get("status")) for f in text_string_to_metric_families(response.text)
+               for s in f.samples}
+    exported = {name for name, _ in samples}
+    [rules] = [m["data"]["mlops-alerts.rules.yaml"] for m in to_manifests(stack.result)
+               if m["metadata"]["name"] == "mlops-alert-rules"]
+    expressions = [e for d in dashboard_sources().values() for _, e in exprs_of(d)]
+    expressions += [r["expr"] for g in yaml.safe_load(rules)["groups"] for r in g["rules"]]
+    used = {n for e in expressions for n in promql_metric_names(e) if n.startswith("mlflow_")}
+    assert used and used <= exported, sorted(used - exported)
+    assert STACK_METRICS["mlflow-server"] <= exported, sorted(STACK_METRICS["mlflow-server"] - exported)
+    assert ("mlflow_http_request_total", "200") in samples  # the dashboards split requests by status
 
 
 # --- the user-creation step again, against the running server ---------------------------------

@@ -103,10 +103,11 @@ def test_each_workload_pod_holds_only_its_own_users(rendered: dict[str, RenderRe
             data = manifest(result, "Secret", secret)["stringData"]
             identity = data.get("MLFLOW_TRACKING_USERNAME") or data["AWS_ACCESS_KEY_ID"]
             assert identity == f"mlops-{user if secret.startswith('mlflow') else account}"
-    # The tracking server reaches MinIO as its own user too (the artifact prefix only).
+    # The tracking server reaches MinIO as its own user too (the artifact prefix only); its metrics sidecar
+    # checks the metrics user's credentials.
     if minio:
         assert secret_references(pod_spec(manifest(result, "Deployment", "mlflow"))) == {
-            "mlflow-server", "mlflow-users", "minio-user-tracking"}
+            "mlflow-server", "mlflow-users", "minio-user-tracking", "tracking-credentials"}
 
 
 def test_the_plan_grants_the_narrowest_permission_that_works(rendered: dict[str, RenderResult]) -> None:

@@ -172,7 +172,7 @@ def test_two_replicas_wait_for_each_other(rendered: dict[str, RenderResult], old
 def test_every_tracking_server_migrates_first_and_runs_no_job_runner(
         rendered: dict[str, RenderResult], stack: str) -> None:
     spec = pod_spec(manifest(rendered[stack], "Deployment", "mlflow"))
-    (server,) = spec["containers"]
+    server = next(c for c in spec["containers"] if c["name"] == "mlflow")  # beside it: the metrics sidecar
     container = init_container(rendered[stack])
     assert container["image"] == server["image"]
     server_dsn = next(v["valueFrom"] for v in server["env"] if v["name"] == "MLFLOW_BACKEND_STORE_URI")

@@ -392,15 +392,16 @@ def test_the_shipped_stacks_opt_in(rendered: dict[str, RenderResult]) -> None:
 @pytest.mark.parametrize("stack", ["local"])
 def test_default_stacks_ship_dashboards_and_a_rules_file(rendered: dict[str, RenderResult], stack: str,
                                                         exported: set[str]) -> None:
-    """Observability off (the defaults): dashboards and a rules file; no CRDs, no Helm release of ours."""
+    """Observability off (the defaults): dashboards and a rules file; no CRDs, no Helm release of ours; no
+    Pushgateway, so no monitoring alerts (tests/infra/test_observability_push.py)."""
     result = rendered[stack]
     check_dashboard_maps(result, {"grafana_dashboard": "1"}, owns_cluster=stack != "ci")
     assert not [m for m in to_manifests(result) if m["apiVersion"] == MONITORING_API]
     rules = yaml.safe_load(named(result, "ConfigMap", "mlops-alert-rules")["data"]["mlops-alerts.rules.yaml"])
-    check_rule_groups(rules["groups"], exported)
+    check_rule_groups(rules["groups"], exported, monitoring=False)
 
 
-def check_rule_groups(groups: list[dict[str, Any]], exported: set[str]) -> None:
+def check_rule_groups(groups: list[dict[str, Any]], exported: set[str], *, monitoring: bool = True) -> None:
     assert len({g["name"] for g in groups}) == len(groups)
     alerts = set()
     for group in groups:
@@ -414,7 +415,8 @@ def check_rule_groups(groups: list[dict[str, Any]], exported: set[str]) -> None:
             assert not unknown, f"{rule['alert']} reads {unknown}"
             alerts.add(rule["alert"])
     assert {"MlopsEndpointErrorRate", "MlopsEndpointLatencyP99", "MlopsCaptureDropping", "MlopsJobFailed",
-            "MlopsCronJobFailed", "MlopsMonitoringNotRun", "MlopsMonitoringNeverReported"} <= alerts
+            "MlopsCronJobFailed"} <= alerts
+    assert ({"MlopsMonitoringNotRun", "MlopsMonitoringNeverReported"} <= alerts) is monitoring
 
 
 # --- custom resources, checked structurally ---------------------------------------------------------
@@ -564,11 +566,18 @@ def test_service_monitors_select_exactly_the_services_they_scrape(installed: Ren
     assert {s["metadata"]["name"] for s in chosen} == services
     [endpoint] = spec["endpoints"]
     for service in chosen:
-        assert endpoint["port"] in {p.get("name") for p in service["spec"]["ports"]}
-    if secret:
+        [port] = [p for p in service["spec"]["ports"] if p.get("name") == endpoint["port"]]
+        # ...and a container of the selected pods listens there.
+        pods = [d["spec"]["template"] for d in of_kind(installed, "Deployment")
+                if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert pods and all(port["targetPort"] in {p.get("name") for c in pod["spec"]["containers"]
+                                                   for p in c.get("ports", [])} for pod in pods)
+    if secret:  # tracking: the metrics sidecar's port (MLflow's own /metrics is admin-only), as the metrics user
         assert endpoint["basicAuth"]["username"]["name"] == secret
         assert named(installed, "Secret", secret)["stringData"].keys() >= {"MLFLOW_TRACKING_USERNAME",
                                                                             "MLFLOW_TRACKING_PASSWORD"}
+    else:
+        assert "basicAuth" not in endpoint
 
 
 def test_existing_operator_stack_gets_monitors_and_rules_but_installs_nothing(existing_operator: RenderResult) -> None:
@@ -655,10 +664,10 @@ def test_cron_period(schedule: str, seconds: int) -> None:
 
 
 def test_monitoring_alert_waits_two_of_the_stacks_periods(rendered: dict[str, RenderResult]) -> None:
-    rules = yaml.safe_load(named(rendered["local"], "ConfigMap", "mlops-alert-rules")["data"]["mlops-alerts.rules.yaml"])
-    [not_run] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == "MlopsMonitoringNotRun"]
-    assert not_run["expr"].endswith("> 1800")  # local: every 15 minutes
-    assert 'mlops_endpoint="churn"' in not_run["expr"] and 'namespace="mlops-local"' in not_run["expr"]
+    groups = named(rendered["ci"], "PrometheusRule", "mlops-alerts")["spec"]["groups"]
+    [not_run] = [r for g in groups for r in g["rules"] if r["alert"] == "MlopsMonitoringNotRun"]
+    assert not_run["expr"].endswith("> 3600")  # ci: every 30 minutes
+    assert 'mlops_endpoint="churn"' in not_run["expr"] and 'namespace="mlops-ci"' in not_run["expr"]
 
 
 # --- the PNGs in docs -----------------------------------------------------------------------------------

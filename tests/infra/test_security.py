@@ -131,8 +131,8 @@ def test_tracking_admits_only_its_clients(rendered: dict[str, RenderResult], sta
 def test_the_scraper_reaches_metrics_only_from_its_namespace(rendered: dict[str, RenderResult], stack: str) -> None:
     scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
-    for name, port in (("tracking-ingress", 5000), ("serving-ingress", 8080)):
-        rule = policy(rendered[stack], name)["ingress"][0]
+    for name, port in (("tracking-ingress", 9464), ("serving-ingress", 8080)):  # tracking: its metrics sidecar
+        rule = policy(rendered[stack], name)["ingress"][-1]
         assert scraper in rule["from"], name
         assert all("namespaceSelector" not in p or p["namespaceSelector"]["matchLabels"] for p in rule["from"])
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
