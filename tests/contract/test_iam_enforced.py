@@ -49,7 +49,7 @@ pytestmark = pytest.mark.servers
 STACK = "dev"
 TOPIC_NAME = "mlops-dev-alerts"
 TOPIC = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:{TOPIC_NAME}"
-WORKLOADS = ("mlflow", "training", "serving", "monitoring")  # service accounts of the workload pods
+WORKLOADS = ("mlflow", "training", "serving", "monitoring", "labeler")  # service accounts of the workloads
 ADDONS = ("aws-node", "cluster-autoscaler", "ebs-csi-controller-sa")  # kube-system IRSA: no S3 at all
 ACCOUNTS = WORKLOADS + ADDONS
 BUCKETS = ("data", "artifact", "capture")
@@ -61,6 +61,7 @@ UNEXERCISED = {
     ("*", "s3:AbortMultipartUpload"): "cleans up a failed multipart upload; nothing fails in the flow",
     ("*", "s3:GetBucketLocation"): "region discovery by S3 clients; botocore with a set region skips it",
     ("mlflow", "s3:DeleteObject"): "deletes artifacts of deleted runs (mlflow gc); the flow deletes none",
+    ("labeler", "s3:DeleteObject"): "corrects a labels file; the flow writes each once",
 }
 # S3 with SSE-KMS calls KMS as the caller: GetObject needs kms:Decrypt; PutObject kms:GenerateDataKey,
 # and kms:Decrypt too for multipart uploads (AWS S3 guide, "Multipart upload API and permissions").
@@ -187,6 +188,7 @@ def happy_path(enforced: Enforced, rendered: RenderResult) -> HappyPath:
         run = harness.Run(STACK, rendered, uri, s3=server)
         run.stack = f"{STACK}-iam"  # outcomes-dev-iam.txt, beside the unenforced run's outcomes-dev.txt
         run.kubelet.cluster.credentials = enforced.credentials
+        run.labeler = enforced.client("labeler")  # ground truth from the labeling process's role only
         # Every AWS client in a pod (SNS alerts included) talks to the stand-in, never to the cloud.
         run.kubelet.cluster.extra_env["AWS_ENDPOINT_URL"] = server.url
         try:
@@ -401,6 +403,15 @@ def test_serving_cannot_read_datasets(enforced: Enforced) -> None:
     assert code(serving.list_objects_v2, Bucket=bucket, Prefix="datasets/") == "AccessDenied"
     assert code(admin.get_object, Bucket=bucket, Key=key) == "ok"  # control
     assert code(admin.list_objects_v2, Bucket=bucket, Prefix="datasets/") == "ok"
+
+
+@pytest.mark.parametrize("account", [a for a in WORKLOADS if a != "labeler"])
+def test_only_the_labeler_writes_ground_truth(enforced: Enforced, account: str) -> None:
+    bucket = enforced.buckets["capture"]
+    key = "labels/churn/contract-denial.parquet"
+    assert code(enforced.client(account).put_object, Bucket=bucket, Key=key, Body=b"poison") == "AccessDenied"
+    assert code(enforced.client("labeler").put_object, Bucket=bucket, Key=key, Body=b"truth") == "ok"  # control
+    assert code(enforced.client("labeler").get_object, Bucket=bucket, Key=key) == "AccessDenied"  # write-only
 
 
 def test_monitoring_cannot_write_artifacts(enforced: Enforced) -> None:

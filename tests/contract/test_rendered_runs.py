@@ -48,6 +48,7 @@ class Run:
         client = self.s3.client()
         for bucket in self.buckets.values():
             client.create_bucket(Bucket=bucket)
+        self.labeler = client  # who writes ground truth: the labeler role's keys under IAM (test_iam_enforced)
         self.running: list[Any] = []
 
     def workload(self, kind: str, name: str) -> dict[str, Any]:
@@ -159,8 +160,8 @@ def write_labels(run: Run, endpoint: str, frame: pd.DataFrame, request_ids: list
                            "row": index % ROWS_PER_REQUEST, "label": frame["churned"].to_numpy()})
     buffer = io.BytesIO()
     labels.to_parquet(buffer, index=False)
-    run.s3.client().put_object(Bucket=run.buckets["capture"], Key=f"labels/{endpoint}/{name}.parquet",
-                               Body=buffer.getvalue())
+    run.labeler.put_object(Bucket=run.buckets["capture"], Key=f"labels/{endpoint}/{name}.parquet",
+                           Body=buffer.getvalue())
 
 
 def monitor_summary(outcome: Outcome) -> dict[str, Any]:
