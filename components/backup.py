@@ -19,7 +19,9 @@ database's `public` schema with the dump in one transaction (psql `--single-tran
 restore changes nothing). The tracking server's init container then upgrades a dump from an older
 MLflow to the image's schema (components/migrations.py). The checksums catch a damaged object and a
 wrong passphrase, not a forged object (CBC has no MAC, and the metadata sits next to the object): the
-bucket's access control is what keeps dumps authentic.
+bucket's access control is what keeps dumps authentic: both Jobs reach MinIO as the user `mlops-backup`
+(Secret `minio-user-backup`), whose policy covers `backups/tracking/` only (list with that prefix, put,
+get, delete a version), and no other workload's policy covers `backups/`.
 
 The scripts are plain text in the rendered manifests; `mlops env recreate local`
 (workloads/devstack/recreate.py) runs these same containers as local processes, and
@@ -35,6 +37,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import EnvironmentConfig, Secrets
+from components.credentials import minio_secret
 from components.database import LABELS as POSTGRES_LABELS
 from components.database import PORT as POSTGRES_PORT
 from components.security import container_security_context, pod_security_context, resources, scratch_volume
@@ -47,6 +50,7 @@ PASSPHRASE_SECRET_KEY = "passphrase"
 DUMP_DIR = "/backup"
 DUMP_FILE = f"{DUMP_DIR}/tracking.dump"
 S3_REGION = "us-east-1"  # MinIO's region
+S3_ACCOUNT = "backup"  # its MinIO user: backups/tracking/ of the artifact bucket only (workload_iam.backup_policy)
 # Never fires: the restore template is suspended; a schedule is still required by the CronJob schema.
 TEMPLATE_SCHEDULE = "@yearly"
 
@@ -143,20 +147,23 @@ class BackupArgs:
     passphrase: pulumi.Input[str]  # a Pulumi secret
     bucket: pulumi.Input[str]  # the artifact bucket
     s3_endpoint: pulumi.Input[str]
-    s3_credentials_secret: pulumi.Input[str]
+    s3_credentials_secret: pulumi.Input[str]  # the backup's own MinIO user's Secret (`minio-user-backup`)
     scratch_size: str  # the emptyDir holding one dump
 
     @classmethod
     def of(cls, env: EnvironmentConfig, secrets: Secrets, namespace: pulumi.Input[str], *,
            database_host: pulumi.Input[str], database_secret: pulumi.Input[str] | None, bucket: pulumi.Input[str],
            s3_endpoint: pulumi.Input[str] | None, s3_credentials_secret: pulumi.Input[str] | None) -> BackupArgs:
+        """`s3_credentials_secret`: storage's root Secret name, resolving once the setup Job created every
+        MinIO user; only that moment is used: the pods read the backup user's Secret, never the root one."""
         if secrets.backup_passphrase is None or database_secret is None or s3_endpoint is None \
                 or s3_credentials_secret is None:
             raise ValueError("in-cluster backups need the in-cluster Postgres, MinIO and the backupPassphrase secret")
         db = env.tracking.database
+        own = pulumi.Output.from_input(s3_credentials_secret).apply(lambda _: minio_secret(S3_ACCOUNT))
         return cls(namespace, db.backup.schedule, db.backup.retention_days, db.image, env.workload_image,
-                   database_host, database_secret, secrets.backup_passphrase, bucket, s3_endpoint,
-                   s3_credentials_secret, db.volume_size)
+                   database_host, database_secret, secrets.backup_passphrase, bucket, s3_endpoint, own,
+                   db.volume_size)
 
 
 @dataclass(frozen=True)

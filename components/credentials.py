@@ -2,14 +2,15 @@
 
 No workload pod holds an administrator credential. The tracking server's admin password stays in
 the `mlflow-server` Secret (only the tracking Deployment mounts it); the MinIO root credential stays
-in `minio-credentials` (only MinIO and its setup Job read it).
+in `minio-credentials` (only MinIO and its setup Job read it; the in-cluster backup has its own user).
 
 - MLflow: one user per workload instance, `mlops-<role>-<name>` (`serving-churn` serves endpoint
   churn, `training-churn` runs training job churn, `monitoring-churn` monitors endpoint churn), with
   the grants components/mlflow_users.py plans; its Secret `mlflow-user-<role>-<name>` holds
   MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
 - MinIO (cloud: none): one user per service account, like the IRSA roles on AWS (serving, training,
-  monitoring, the tracking server, the labeler), with the same policy documents (components/workload_iam.py); its
+  monitoring, the tracking server, the labeler), with the same policy documents (components/workload_iam.py),
+  and one for the database backup and restore Jobs (`backups/tracking/` only); its
   Secret `minio-user-<account>` holds AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 
 Secret names follow from the workload, so every component derives them here and nowhere else.
@@ -29,8 +30,9 @@ MLFLOW_USER_PREFIX = "mlops-"  # every user the stack manages (and deletes when 
 TRACKING_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The MinIO users: one per service account that reaches S3 (tracking: the artifact proxy; labeler: the
-# labeling process, the only writer of labels/<endpoint>/, whose Secret no pod of the stack reads).
-S3_ACCOUNTS = ("serving", "training", "monitoring", "tracking", "labeler")
+# labeling process, the only writer of labels/<endpoint>/, whose Secret no pod of the stack reads; backup: the
+# in-cluster Postgres's backup and restore Jobs, components/backup.py).
+S3_ACCOUNTS = ("serving", "training", "monitoring", "tracking", "labeler", "backup")
 
 
 def mlflow_username(role: str, name: str) -> str:

@@ -1,8 +1,8 @@
 """MinIO (cloud: none): a user per service account, scoped like the IRSA roles on AWS.
 
 The root credential (`minio-credentials`) is read by MinIO and by its setup Job only. The Job
-creates the buckets, then per account (serving, training, monitoring, the tracking server, the labeler)
-a policy and a user with it attached. The labeler's Secret `minio-user-labeler` is read by no pod of
+creates the buckets, then per account (serving, training, monitoring, the tracking server, the labeler,
+the database backup) a policy and a user with it attached. The labeler's Secret `minio-user-labeler` is read by no pod of
 the stack: it is handed to the labeling process, the only writer of `labels/<endpoint>/`. The
 policies are the very documents the AWS roles get (components/workload_iam.py, tracking.py's artifact policy), without their KMS and SNS statements
 (MinIO has neither); so a workload's S3 reach is the same prefix by prefix on both clouds.
@@ -29,6 +29,7 @@ from components.credentials import S3_ACCOUNTS, S3_KEYS, generated_secret, minio
 from components.jobs import labels_source
 from components.security import container_security_context, pod_security_context, resources, scratch_volume
 from components.workload_iam import (
+    backup_policy,
     labeler_policy,
     monitoring_policy,
     serving_policy,
@@ -56,6 +57,8 @@ def policies(buckets: dict[str, str], endpoints: Sequence[ServingEndpoint]) -> d
         "tracking": tracking_policy(arn["artifacts"], None),
         # A policy needs a resource: without a labels source, `labels/` of the capture bucket, which nothing reads.
         "labeler": labeler_policy(labels or [f"s3://{buckets['capture']}/{layout.LABELS}"], None),
+        # The in-cluster Postgres's dumps (components/backup.py): backups/tracking/ of the artifact bucket.
+        "backup": backup_policy(arn["artifacts"]),
     }
     return {account: documents[account] for account in S3_ACCOUNTS}
 

@@ -211,9 +211,6 @@ class Storage(pulumi.ComponentResource):
             string_data={
                 "MINIO_ROOT_USER": "mlops-admin",
                 "MINIO_ROOT_PASSWORD": password.result,
-                # The same pair under the names S3 clients read: the in-cluster backup (backup.py) uses root.
-                "AWS_ACCESS_KEY_ID": "mlops-admin",
-                "AWS_SECRET_ACCESS_KEY": password.result,
             },
             opts=child,
         )

@@ -1,4 +1,5 @@
-"""The IRSA policies of the workload roles (tracking, serving, training, monitoring, labeler), least privilege.
+"""The IRSA policies of the workload roles (tracking, serving, training, monitoring, labeler), least privilege;
+and, with MinIO only, the in-cluster database backup's.
 
 Object prefixes come from the S3 layout the workloads write (`workloads/layout.py`), so a
 role's `Resource` and the keys a workload uses cannot drift apart. The buckets share one KMS
@@ -18,6 +19,8 @@ components/tracking.py), so training logs and serving loads models through it.
 - labeler: writes (and may delete, to correct) each endpoint's labels source `labels/<endpoint>/*`
   and nothing else; reads nothing. The monitor trusts labels because no other role may write there
   (no other policy's prefix covers `labels/`; config_sections.py keeps every source under it).
+- backup (MinIO user only: RDS backs itself up on AWS): the backup and restore Jobs' calls on
+  `backups/tracking/*` of the artifact bucket and nothing else (components/backup.py).
 No object versions are read (`s3:GetObjectVersion`): every workload reads current objects.
 tests/contract/test_iam_enforced.py runs the workloads under exactly these policies.
 """
@@ -144,4 +147,23 @@ def labeler_policy(labels: Sequence[str], key_arn: str | None) -> str:
     return _document([
         _statement("WriteLabels", [*WRITE, "s3:DeleteObject"], [s.objects for s in sources]),
         *_kms(key_arn, read=[], write=[s.bucket_arn for s in sources]),
+    ])
+
+
+def backup_policy(artifact_arn: str) -> str:
+    """The backup CronJob's and restore template's MinIO user: exactly the S3 calls of backup.py's scripts,
+    on the dumps' prefix of the artifact bucket. Never MLflow's artifact root."""
+    prefix = layout.tracking_backup_prefix()
+    dumps = _objects(artifact_arn, prefix)
+    return _document([
+        # fetch lists the dumps to find the newest (ListObjectsV2), upload lists their versions to prune them;
+        # both with Prefix=backups/tracking/, so the condition keeps MLflow's keys out of sight.
+        _statement("ListDumps", ["s3:ListBucket", "s3:ListBucketVersions"], [artifact_arn],
+                   Condition={"StringLike": {"s3:prefix": [f"{prefix}*"]}}),
+        # upload_file (PutObject, multipart steps, AbortMultipartUpload when a part fails).
+        _statement("WriteDumps", WRITE, [dumps]),
+        # fetch: download_file and head_object of the current version (both s3:GetObject).
+        _statement("ReadDumps", READ, [dumps]),
+        # Retention deletes each expired version by id (never an unversioned DeleteObject).
+        _statement("PruneDumps", ["s3:DeleteObjectVersion"], [dumps]),
     ])

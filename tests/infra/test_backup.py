@@ -2,14 +2,18 @@
 
 Rendered stacks are checked for what each kind gets; the backup and restore containers' scripts run
 as rendered (command and env, with the cluster's names pointed at a moto S3 server and a directory for
-the emptyDir) to show the encryption, the checksum and the retention. The whole dump-restore-upgrade
-path against the local Postgres is tests/drills/test_recreate.py.
+the emptyDir) to show the encryption, the checksum and the retention. The server enforces IAM and the
+scripts sign as a user holding exactly the rendered MinIO policy of `mlops-backup` (same grammar), so
+every S3 call they make must be granted by it. The whole dump-restore-upgrade path against the local
+Postgres is tests/drills/test_recreate.py.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +21,19 @@ import pytest
 
 from components import backup
 from components.config import ConfigError, EnvironmentConfig
+from components.credentials import minio_secret
 from components.render import RenderResult, load_stack_config, render_stack, stack_file
-from tests.contract.stand_ins import S3Server
+from tests.contract.iam import EnforcingS3, IrsaRole, enforce_iam, s3_arns
 from tests.infra.conftest import ADMIN_PASSWORD
 from tests.infra.helpers import env_of, manifest, manifests, pod_spec
 from workloads import layout
 from workloads.devstack import recreate
-from workloads.environment import LOCAL_S3_KEY
 
 RDS = "aws:rds/instance:Instance"
 PASSPHRASE = "a-long-enough-backup-passphrase"
 BUCKET = "mlops-local-artifacts"
 PREFIX = layout.tracking_backup_prefix()
+S3_SECRET = minio_secret(backup.S3_ACCOUNT)  # minio-user-backup
 
 
 def render_with(stack: str, database: dict[str, Any], secrets: dict[str, str] | None = None) -> RenderResult:
@@ -158,8 +163,7 @@ def test_backup_pods_may_reach_postgres(rendered: dict[str, RenderResult]) -> No
 def test_recreate_runs_the_rendered_containers(rendered: dict[str, RenderResult]) -> None:
     """`mlops env recreate local` and the drill run these exact commands and variables."""
     result = rendered["local"]
-    ours = recreate.containers(backup.Names("h", "postgres-credentials", backup.BACKUP, BUCKET, "e",
-                                            "minio-credentials"))
+    ours = recreate.containers(backup.Names("h", "postgres-credentials", backup.BACKUP, BUCKET, "e", S3_SECRET))
     rendered_containers = {}
     for name in (backup.BACKUP, backup.RESTORE):
         spec = pod_spec(manifest(result, "CronJob", name))
@@ -174,32 +178,82 @@ def test_recreate_runs_the_rendered_containers(rendered: dict[str, RenderResult]
     assert ours["migrate"]["command"] == migrate["command"]
 
 
-# --- the scripts, run as rendered against an S3 server ------------------------------------------------
+# --- the backup's MinIO user ------------------------------------------------------------------------
+
+
+def minio_policies(result: RenderResult) -> dict[str, dict[str, Any]]:
+    return {k.removesuffix(".json"): json.loads(v)
+            for k, v in manifest(result, "ConfigMap", "minio-policies")["data"].items()}
+
+
+def test_the_backup_user_reaches_backups_of_the_artifact_bucket_only(rendered: dict[str, RenderResult]) -> None:
+    result = rendered["local"]
+    policies = minio_policies(result)
+    dumps = f"arn:aws:s3:::{BUCKET}/{PREFIX}*"
+    assert s3_arns(policies["backup"]) == {f"arn:aws:s3:::{BUCKET}", dumps}
+    assert all(s["Effect"] == "Allow" for s in policies["backup"]["Statement"])
+    (listing,) = [s for s in policies["backup"]["Statement"] if s["Resource"] == [f"arn:aws:s3:::{BUCKET}"]]
+    # moto cannot judge conditions (tests/contract/iam.py): check the prefix the scripts list with here.
+    (pattern,) = listing["Condition"]["StringLike"]["s3:prefix"]
+    upload = pod_spec(manifest(result, "CronJob", backup.BACKUP))["containers"][0]
+    assert fnmatch.fnmatchcase(env_of(upload)["BACKUP_PREFIX"], pattern)
+    assert not fnmatch.fnmatchcase(layout.MLFLOW_ARTIFACTS, pattern) and not fnmatch.fnmatchcase("", pattern)
+    # No other MinIO user's object grants reach backups/ (only root does).
+    for account, document in policies.items():
+        if account != "backup":
+            assert not [arn for arn in s3_arns(document) if fnmatch.fnmatchcase(f"arn:aws:s3:::{BUCKET}/{PREFIX}x",
+                                                                               arn)], account
+
+
+# --- the scripts, run as rendered against an S3 server that enforces the backup user's policy ------
 
 
 @pytest.fixture(scope="module")
-def s3() -> Any:
-    server = S3Server()
-    client = server.client(LOCAL_S3_KEY, LOCAL_S3_KEY)
-    client.create_bucket(Bucket=BUCKET)
-    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    yield server, client
-    server.stop()
+def s3(rendered: dict[str, RenderResult], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(server, admin client, the backup user's keys): the user holds exactly the rendered MinIO policy."""
+    server = EnforcingS3(tmp_path_factory.mktemp("iam"))
+    try:
+        role = IrsaRole("minio-backup", "mlops-local", backup.S3_ACCOUNT,
+                        (minio_policies(rendered["local"])["backup"],))
+        keys = enforce_iam(server, {backup.S3_ACCOUNT: role})[backup.S3_ACCOUNT]
+        client = server.client()  # the admin, for the tests' own setup
+        client.create_bucket(Bucket=BUCKET)
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield server, client, keys
+    finally:
+        server.stop()
 
 
-def run(name: str, server: S3Server, scratch: Path, passphrase: str = PASSPHRASE, **extra: str) -> str:
-    names = backup.Names("127.0.0.1", "postgres-credentials", backup.BACKUP, BUCKET, server.url, "minio-credentials")
-    secrets = {backup.BACKUP: {"passphrase": passphrase},
-               "minio-credentials": {"AWS_ACCESS_KEY_ID": LOCAL_S3_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_S3_KEY}}
+def run(name: str, s3: Any, scratch: Path, passphrase: str = PASSPHRASE, **extra: str) -> str:
+    server, _, keys = s3
+    names = backup.Names("127.0.0.1", "postgres-credentials", backup.BACKUP, BUCKET, server.url, S3_SECRET)
+    secrets = {backup.BACKUP: {"passphrase": passphrase}, S3_SECRET: keys}
     local = {"BACKUP_FILE": str(scratch / "tracking.dump"), "HOME": str(scratch), **extra}
     return recreate.run_container(recreate.containers(names, retention_days=7)[name], secrets, local, timeout=120)
 
 
+def test_the_backup_user_is_refused_outside_backups(s3: Any) -> None:
+    """The enforcement is on: the same keys the scripts use may not touch MLflow's artifacts."""
+    server, client, keys = s3
+    artifact = f"{layout.MLFLOW_ARTIFACTS}1/run/artifacts/model.pkl"
+    client.put_object(Bucket=BUCKET, Key=artifact, Body=b"model")
+    user = server.client(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"])
+    before = len(server.decisions())
+    for call in (lambda: user.get_object(Bucket=BUCKET, Key=artifact),
+                 lambda: user.put_object(Bucket=BUCKET, Key=f"{layout.MLFLOW_ARTIFACTS}x", Body=b"x"),
+                 lambda: user.delete_object(Bucket=BUCKET, Key=artifact),
+                 lambda: user.put_object(Bucket=BUCKET, Key="backups/other/x", Body=b"x")):
+        with pytest.raises(Exception, match="AccessDenied"):
+            call()
+    denied = [d for d in server.decisions()[before:] if d.user == "irsa-backup" and d.outcome == "denied"]
+    assert len(denied) == 4, denied
+
+
 def test_upload_encrypts_and_fetch_decrypts(s3: Any, tmp_path: Path) -> None:
-    server, client = s3
+    _, client, _ = s3
     plain = b"PGDMP" + bytes(range(256)) * 400
     (tmp_path / "tracking.dump").write_bytes(plain)
-    output = run("upload", server, tmp_path)
+    output = run("upload", s3, tmp_path)
     key = output.split("uploaded s3://")[1].split()[0].split("/", 1)[1]
     assert key.startswith(PREFIX) and key.endswith(".dump.enc")
     assert not (tmp_path / "tracking.dump").exists(), "the plaintext dump must not outlive its encryption"
@@ -207,22 +261,22 @@ def test_upload_encrypts_and_fetch_decrypts(s3: Any, tmp_path: Path) -> None:
     body = stored["Body"].read()
     assert body.startswith(b"Salted__") and b"PGDMP" not in body  # openssl's salted format, no plaintext
     assert stored["Metadata"]["sha256"] == hashlib.sha256(body).hexdigest()
-    run("fetch", server, tmp_path, BACKUP_OBJECT=key)
+    run("fetch", s3, tmp_path, BACKUP_OBJECT=key)
     assert (tmp_path / "tracking.dump").read_bytes() == plain
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     with pytest.raises(recreate.RecreateError, match="does not decrypt to the dump uploaded"):
-        run("fetch", server, wrong, passphrase="not-the-passphrase-used", BACKUP_OBJECT=key)
+        run("fetch", s3, wrong, passphrase="not-the-passphrase-used", BACKUP_OBJECT=key)
     assert not (wrong / "tracking.dump").exists()
 
 
 def test_fetch_refuses_a_damaged_backup(s3: Any, tmp_path: Path) -> None:
-    server, client = s3
+    _, client, _ = s3
     key = f"{PREFIX}29990101T000000Z.dump.enc"  # the newest: what `latest` picks
     client.put_object(Bucket=BUCKET, Key=key, Body=b"Salted__damaged", Metadata={"sha256": "0" * 64})
     try:
         with pytest.raises(recreate.RecreateError, match="SHA-256 .* is not the uploaded 0000"):
-            run("fetch", server, tmp_path)
+            run("fetch", s3, tmp_path)
         assert not (tmp_path / "tracking.dump").exists()
     finally:
         versions = client.list_object_versions(Bucket=BUCKET, Prefix=key).get("Versions", [])
@@ -231,13 +285,13 @@ def test_fetch_refuses_a_damaged_backup(s3: Any, tmp_path: Path) -> None:
 
 
 def test_retention_deletes_every_version_of_old_dumps_and_keeps_the_rest(s3: Any, tmp_path: Path) -> None:
-    server, client = s3
+    _, client, _ = s3
     old, recent, other = f"{PREFIX}20000101T000000Z.dump.enc", f"{PREFIX}29000101T000000Z.dump.enc", \
         f"{PREFIX}notes.txt"
     for key in (old, old, recent, other):  # `old` twice: two versions
         client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
     (tmp_path / "tracking.dump").write_bytes(b"PGDMP")
-    output = run("upload", server, tmp_path)
+    output = run("upload", s3, tmp_path)
     assert "deleted 2 object version(s)" in output, output
     left = {v["Key"] for v in client.list_object_versions(Bucket=BUCKET, Prefix=PREFIX).get("Versions", [])}
     assert old not in left and {recent, other} <= left

@@ -36,16 +36,14 @@ from components.minio_users import POLICY_MOUNT, env_name
 from components.render import RenderResult, render_stack
 from components.stack_file import load_stack_config, stack_file
 from components.tracking import CHECKSUM_ANNOTATION, auth_config
-from components.workload_iam import monitoring_policy, serving_policy, training_policy
+from components.workload_iam import backup_policy, monitoring_policy, serving_policy, training_policy
 from tests.infra.conftest import ADMIN_PASSWORD, ALL_STACKS
 from tests.infra.helpers import manifest, manifests, pod_spec, workloads
 from workloads.monitoring.retrain_jobs import with_data
 
 MLFLOW_ADMIN = {"mlflow-server", "mlflow-users"}  # admin password, DSN, every user's password
 MINIO_ROOT = "minio-credentials"
-# components/backup.py (another change in flight) still uploads with MinIO's root: it should read
-# `minio-user-backup` once storage creates one. Named here so that nothing else can join it.
-ROOT_READERS = {"minio", "storage-create-buckets", "tracking-backup", "tracking-restore"}
+ROOT_READERS = {"minio", "storage-create-buckets"}
 HOSTILE_PASSWORD = "p%40ss@w/rd%:x y#"
 
 
@@ -108,6 +106,11 @@ def test_each_workload_pod_holds_only_its_own_users(rendered: dict[str, RenderRe
     if minio:
         assert secret_references(pod_spec(manifest(result, "Deployment", "mlflow"))) == {
             "mlflow-server", "mlflow-users", "minio-user-tracking", "tracking-credentials"}
+        # The database backup and restore Jobs: Postgres, the passphrase, and their own MinIO user, not root.
+        for cronjob in ("tracking-backup", "tracking-restore"):
+            assert secret_references(pod_spec(manifest(result, "CronJob", cronjob))) == {
+                "postgres-credentials", "tracking-backup", "minio-user-backup"}, cronjob
+        assert manifest(result, "Secret", "minio-user-backup")["stringData"]["AWS_ACCESS_KEY_ID"] == "mlops-backup"
 
 
 def test_the_plan_grants_the_narrowest_permission_that_works(rendered: dict[str, RenderResult]) -> None:
@@ -305,6 +308,7 @@ def test_minio_users_get_the_iam_roles_documents(rendered: dict[str, RenderResul
     assert documents["training"] == json.loads(training_policy(arn["data"], arn["capture"], None))
     assert documents["monitoring"] == json.loads(monitoring_policy(arn["capture"], arn["data"], None, labels, None))
     assert documents["tracking"]["Statement"][1]["Resource"] == [f"{arn['artifact']}/mlflow/*"]
+    assert documents["backup"] == json.loads(backup_policy(arn["artifact"]))
     actions = {a for d in documents.values() for s in d["Statement"] for a in s["Action"]}
     assert actions and all(a.startswith("s3:") for a in actions)  # MinIO has no KMS or SNS
 
