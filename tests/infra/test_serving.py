@@ -151,6 +151,8 @@ def test_serving_role_writes_capture_only(rendered: dict[str, RenderResult], sta
     assert result.outputs["data_bucket"] not in json.dumps(policy)
     assert result.outputs["artifact_bucket"] not in json.dumps(policy)
     # The shared key only for the capture bucket (S3 Bucket Keys: the encryption context is the bucket ARN).
-    (kms,) = [s for s in policy["Statement"] if any(a.startswith("kms:") for a in s["Action"])]
-    assert kms["Resource"] == [result.outputs["kms_key_arn"]]
-    assert kms["Condition"] == {"StringEquals": {"kms:EncryptionContext:aws:s3:arn": [capture]}}
+    kms = [s for s in policy["Statement"] if any(a.startswith("kms:") for a in s["Action"])]
+    assert sorted(a for s in kms for a in s["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    for statement in kms:  # the bucket key for the capture bucket only
+        assert statement["Resource"] == [result.outputs["kms_key_arn"]]
+        assert statement["Condition"] == {"StringEquals": {"kms:EncryptionContext:aws:s3:arn": [capture]}}

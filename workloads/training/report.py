@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from workloads.training.gate import GateReport
 from workloads.training.metrics import Task
+from workloads.training.parallel import parallelism
 from workloads.training.search import Candidate
 
 
@@ -99,7 +100,10 @@ def shard_summary(result: ShardResult) -> str:
 def permutation_importance(model: Any, X: pd.DataFrame, y: pd.Series, scoring: Any, seed: int) -> pd.DataFrame:
     from sklearn.inspection import permutation_importance as sklearn_importance
 
-    result = sklearn_importance(model, X, y, scoring=scoring, n_repeats=5, random_state=seed, n_jobs=-1)
+    repeats = 5
+    with parallelism(len(X), repeats * X.shape[1]) as n_jobs:
+        result = sklearn_importance(model, X, y, scoring=scoring, n_repeats=repeats, random_state=seed,
+                                    n_jobs=n_jobs)
     table = pd.DataFrame({
         "feature": list(X.columns),
         "importance_mean": result.importances_mean,

@@ -2,7 +2,7 @@
 
 `plan_candidates` lists exactly what GridSearchCV / RandomizedSearchCV would try per family;
 `shard_candidates` deals them out to search pods (no overlap, no gap); `evaluate`
-cross-validates a list of them with scikit-learn on all cores, best first. Sharded and
+cross-validates a list of them with scikit-learn, best first. Sharded and
 unsharded searches score every candidate identically, so they pick the same best one.
 """
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from workloads.training.errors import SpecError
 from workloads.training.metrics import Metric, Task, scorer
 from workloads.training.models import build_pipeline, make_estimator
+from workloads.training.parallel import parallelism
 from workloads.training.spec import ModelSpec, TrainingSpec
 
 
@@ -134,7 +135,8 @@ def evaluate(
     planned: list[Planned], on_family: Callable[[str, int], None] | None = None, *,
     positive: Any = None, weights: np.ndarray | None = None,
 ) -> list[Candidate]:
-    """Cross-validate the given candidates (training split only), all cores; best first.
+    """Cross-validate the given candidates (training split only), best first; all cores unless the
+    work is small (parallel.py).
 
     `positive`: the binary target's positive class (metrics.py); `weights`: per-row sample
     weights for fitting (recent rows after drift), the scores stay unweighted.
@@ -154,9 +156,10 @@ def evaluate(
         pipeline = build_pipeline(X, make_estimator(model.name, task, spec.seed))
         # A grid of single points is exactly this list, evaluated in parallel over candidates x folds.
         grid = [{f"model__{k}": [v] for k, v in p.params.items()} for p in mine]
-        search = GridSearchCV(pipeline, grid, scoring=scorer(metric, n_classes, positive), cv=folds, n_jobs=-1,
-                              refit=False, error_score="raise")
-        search.fit(X, y, **fit_params)
+        with parallelism(len(X), len(mine) * spec.search.cv) as n_jobs:
+            search = GridSearchCV(pipeline, grid, scoring=scorer(metric, n_classes, positive), cv=folds,
+                                  n_jobs=n_jobs, refit=False, error_score="raise")
+            search.fit(X, y, **fit_params)
         results = search.cv_results_
         for i, p in enumerate(mine):
             candidates.append(Candidate(
