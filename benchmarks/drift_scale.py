@@ -19,7 +19,8 @@ What runs, and what is generated (nothing here is a stand-in for the monitor's c
   (imports and profile included). The first run reads every summary and rolls the 23 past hours
   up (workloads/monitoring/rollups.py); the next runs (an hourly CronJob's steady state) read 23
   roll-ups and the open hour's summaries: their seconds are the best of `--repeat` processes (the
-  machine is shared), peak memory the largest;
+  machine is shared), peak memory the largest. The store runs on the same 2 cores: each run's CPU
+  seconds are shown for the monitor process and for moto_server (its share would be S3's in a cluster);
 - check: a window small enough to keep whole in memory goes the same way (summaries forced by
   `--exact-rows`) and its drift is compared with `drift.compare` on the full data: PSI, chi-square
   and null rates must be identical, each KS within its stated DKW bound.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -151,7 +153,13 @@ def _status(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def monitor_child(url: str, endpoint: str, features: list[str], exact_rows: int) -> dict:
+def _cpu(pid: int) -> float:
+    """A process's CPU seconds (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def monitor_child(url: str, endpoint: str, features: list[str], exact_rows: int, store: int) -> dict:
     from workloads.monitoring.drift import compare
     from workloads.monitoring.profile import cached, feature_profile_key, prediction_profile_key
     from workloads.monitoring.window import describe, read_window
@@ -164,22 +172,24 @@ def monitor_child(url: str, endpoint: str, features: list[str], exact_rows: int)
     profile = cached(s3, BUCKET, feature_profile_key(DIGEST, features), missing)
     predictions = cached(s3, BUCKET, prediction_profile_key(DIGEST, "bench", "1"), missing)
     loaded = time.perf_counter()
+    cpu, store_cpu = time.process_time(), _cpu(store)  # on one machine the store's CPU competes with the monitor's
     before = _status("VmRSS")
     window = read_window(s3, BUCKET, endpoint, hours=24, now=NOW)
     current = window.current(champion(features), profile, predictions, exact_rows)
     report = compare(profile, current, prediction_profile=predictions)
     seconds = time.perf_counter() - loaded
+    cpu, store_cpu = time.process_time() - cpu, _cpu(store) - store_cpu
     described = describe(window, hours=24, records=None, now=NOW)
     return {"rows": len(window), "files": described["files"], "rollups": described["rollups"], "seconds": seconds,
-            "profile_seconds": loaded - start,
+            "profile_seconds": loaded - start, "cpu_seconds": cpu, "store_cpu_seconds": store_cpu,
             "peak_rss_mb": _status("VmHWM"), "window_rss_mb": _status("VmHWM") - before, "exact": report.exact,
             "features": {f.name: f.model_dump() for f in [*report.features, report.prediction] if f}}
 
 
-def _monitor(url: str, endpoint: str, features: list[str], exact_rows: int, repeat: int = 1) -> dict:
+def _monitor(url: str, store: int, endpoint: str, features: list[str], exact_rows: int, repeat: int = 1) -> dict:
     """The fastest of `repeat` monitor processes, with the largest peak memory of them."""
     argv = [sys.executable, "-m", "benchmarks.drift_scale", "--child", url, endpoint, ",".join(features),
-            str(exact_rows)]
+            str(exact_rows), str(store)]
     runs = []
     for _ in range(repeat):
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env={
@@ -216,7 +226,7 @@ def _row(label: str, r: dict) -> str:
     n = min(f["sample_size"] or f["n_current"] for f in ks)
     eps = max(f["ks_error"] or 0.0 for f in ks)
     return (f"| {label} | {r['rows']:,} | {r['files']:,} ({r['rollups']}) | {r['seconds']:.2f} | "
-            f"{r['profile_seconds']:.2f} | "
+            f"{r['cpu_seconds']:.2f} | {r['store_cpu_seconds']:.2f} | {r['profile_seconds']:.2f} | "
             f"{r['window_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {n:,} | {eps:.4f} |")
 
 
@@ -231,22 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categorical", type=int, default=5)
     parser.add_argument("--exact-rows", type=int, default=100_000, help="the check's window is above it")
     parser.add_argument("--repeat", type=int, default=3, help="monitor processes per window (best seconds)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        url, endpoint, features, exact_rows = args.child
-        print(json.dumps(monitor_child(url, endpoint, features.split(","), int(exact_rows))))
+        url, endpoint, features, exact_rows, store = args.child
+        print(json.dumps(monitor_child(url, endpoint, features.split(","), int(exact_rows), int(store))))
         return 0
     print(describe(["numpy", "scipy", "pandas", "pyarrow", "boto3", "moto"]))
     proc, url = start_store()
     try:
-        return _run(args, url)
+        return _run(args, url, proc.pid)
     finally:
         proc.kill()
         proc.wait(10)
 
 
-def _run(args: argparse.Namespace, url: str) -> int:
+def _run(args: argparse.Namespace, url: str, store: int) -> int:
     s3 = client(url)
     reference = make_table(args.reference_rows, args.numeric, args.categorical, False, np.random.default_rng(0))
     profile, predictions, bins = cache_profiles(s3, reference)
@@ -259,15 +269,15 @@ def _run(args: argparse.Namespace, url: str) -> int:
     write_window(s3, bins, "scale", args.window_rows, args.files, args.numeric, args.categorical)
     print(f"generated and summarised {args.check_rows + args.window_rows:,} rows in "
           f"{time.perf_counter() - started:.0f} s (setup, not timed below)")
-    check = _monitor(url, "check", features, args.exact_rows)
+    check = _monitor(url, store, "check", features, args.exact_rows)
     assert full is not None
     verdict = check_against_full(full.assign(_prediction=predict(full)), check, profile, predictions)
     del full
-    cold = _monitor(url, "scale", features, args.exact_rows)
-    scale = _monitor(url, "scale", features, args.exact_rows, args.repeat)
-    print("\n| window | rows | files (roll-ups) | seconds | profile load s | window peak MB | process peak MB "
-          "| KS sample n | KS eps (95%) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    cold = _monitor(url, store, "scale", features, args.exact_rows)
+    scale = _monitor(url, store, "scale", features, args.exact_rows, args.repeat)
+    print("\n| window | rows | files (roll-ups) | seconds | monitor CPU s | store CPU s | profile load s "
+          "| window peak MB | process peak MB | KS sample n | KS eps (95%) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(_row("check, 1 run (full data kept)", check))
     print(_row("first run (every summary read)", cold))
     print(_row("next runs (past hours rolled up)", scale))

@@ -177,11 +177,11 @@ def read_window(s3: Any, bucket: str, endpoint: str, *, hours: float, records: i
     now = now or datetime.now(UTC)
     since = None if records is not None else now - timedelta(hours=hours)
     window = CapturedWindow(s3, bucket, endpoint, since, now if since is not None else None)
-    files = _capture_files(window, endpoint, since, now)
     if records is None:
-        _plan_hours(window, files, find(window, now - timedelta(hours=hours), now))
+        rollups = find(window, now - timedelta(hours=hours), now)
+        _plan_hours(window, _listed_hours(window, endpoint, since, now), rollups)
     else:
-        _plan_records(window, files, records)
+        _plan_records(window, _capture_files(window, endpoint, since, now), records)
     return window
 
 
@@ -217,21 +217,27 @@ File = tuple[datetime, str, int, str | None]  # partition hour, key, size, summa
 
 
 def _capture_files(window: CapturedWindow, endpoint: str, since: datetime | None, now: datetime) -> list[File]:
-    """Every capture file, newest partition first; only the hours from `since` to `now` when set
-    (listed hour by hour: the cost does not grow with the retained history)."""
+    """Every capture file, newest partition first; only the hours from `since` to `now` when set."""
+    return [file for _, files in _listed_hours(window, endpoint, since, now) for file in files]
+
+
+def _listed_hours(window: CapturedWindow, endpoint: str, since: datetime | None, now: datetime
+                  ) -> Iterator[tuple[datetime | None, list[File]]]:
+    """Each listed hour partition (newest first) and its capture files (by key, descending), as its
+    listing arrives: the hours from `since` to `now` are listed hour by hour (the cost does not
+    grow with the retained history), concurrently, and a caller reads an hour's summaries while
+    the next hours are still being listed. Without `since`, one listing of every partition (hour None)."""
     if since is None:
-        prefixes = [layout.capture_prefix(endpoint)]
+        prefixes: list[tuple[datetime | None, str]] = [(None, layout.capture_prefix(endpoint))]
     else:
-        hour, prefixes = since.replace(minute=0, second=0, microsecond=0), []
-        while hour <= now:
-            prefixes.append(layout.capture_key(endpoint, hour, "").removesuffix(".parquet"))
-            hour += timedelta(hours=1)
-    objects: dict[str, int] = {}
-    for listed in bounded_map(lambda prefix: _list(window, prefix), prefixes):
-        objects |= listed
-    files = [(h, k, size, summary_key(k) if summary_key(k) in objects else None)
-             for k, size in objects.items() if k.endswith(".parquet") and (h := partition_hour(k))]
-    return sorted(files, key=lambda f: (f[0], f[1]), reverse=True)
+        hour, prefixes = now.replace(minute=0, second=0, microsecond=0), []
+        while hour >= since.replace(minute=0, second=0, microsecond=0):
+            prefixes.append((hour, layout.capture_key(endpoint, hour, "").removesuffix(".parquet")))
+            hour -= timedelta(hours=1)
+    for (listed, _), objects in zip(prefixes, bounded_map(lambda p: _list(window, p[1]), prefixes), strict=True):
+        files = [(h, k, size, summary_key(k) if summary_key(k) in objects else None)
+                 for k, size in objects.items() if k.endswith(".parquet") and (h := partition_hour(k))]
+        yield listed, sorted(files, key=lambda f: (f[0], f[1]), reverse=True)
 
 
 def _list(window: CapturedWindow, prefix: str) -> dict[str, int]:
@@ -258,18 +264,13 @@ def _describe_file(window: CapturedWindow, file: File) -> Part | None:
     return Part(key, size, info.rows, info.ts, info.kinds, hour=hour)
 
 
-def _plan_hours(window: CapturedWindow, files: list[File], rollups: list[Any]) -> None:
+def _plan_hours(window: CapturedWindow, hours: Iterator[tuple[datetime | None, list[File]]],
+                rollups: list[Any]) -> None:
+    """Each hour's usable roll-ups admitted, and its other files' summaries (or footers) read and
+    merged as they arrive: at most 2 x READERS parts decoded at a time, whatever the window."""
     assert window.since is not None and window.until is not None
     since, until = _us(window.since), _us(window.until)
-    listed = {f[1]: f for f in files}
-    covered: set[str] = set()
-    for hour, summary, tail in covered_files(rollups, listed):
-        rolled = Part(tail.key, 0, summary.rows, summary.ts, summary.kinds, summary, tail, hour=hour,
-                      sources=[(k, listed[k][2]) for k in summary.sources])
-        rolled.count, (rolled.first, rolled.last) = rolled.rows, rolled.ts or (None, None)
-        covered |= set(summary.sources)
-        _admit(window, rolled)
-    for part in bounded_map(lambda f: _describe_file(window, f), [f for f in files if f[1] not in covered]):
+    for part in bounded_map(lambda f: _describe_file(window, f), _unrolled(window, hours, rollups)):
         if part is None:
             continue
         if part.ts is not None and (part.ts[1] < since or part.ts[0] > until):
@@ -280,6 +281,22 @@ def _plan_hours(window: CapturedWindow, files: list[File], rollups: list[Any]) -
         else:
             part.count, (part.first, part.last) = part.rows, part.ts or (None, None)
         _admit(window, part)
+
+
+def _unrolled(window: CapturedWindow, hours: Iterator[tuple[datetime | None, list[File]]],
+              rollups: list[Any]) -> Iterator[File]:
+    """The listed files no usable roll-up covers; each hour's roll-ups admitted when it is listed
+    (a roll-up names files of its own hour only, so its hour's listing decides whether it is usable)."""
+    for listed_hour, files in hours:
+        listed = {f[1]: f for f in files}
+        covered: set[str] = set()
+        for hour, summary, tail in covered_files([r for r in rollups if r[0] == listed_hour], listed):
+            rolled = Part(tail.key, 0, summary.rows, summary.ts, summary.kinds, summary, tail, hour=hour,
+                          sources=[(k, listed[k][2]) for k in summary.sources])
+            rolled.count, (rolled.first, rolled.last) = rolled.rows, rolled.ts or (None, None)
+            covered |= set(summary.sources)
+            _admit(window, rolled)
+        yield from (f for f in files if f[1] not in covered)
 
 
 def _plan_records(window: CapturedWindow, files: list[File], records: int) -> None:
